@@ -1,0 +1,158 @@
+// epoll, in two shapes: a blocking wait for threads that do nothing else (ring workers,
+// benchmarks), and a Poller that waits on libuv's thread pool so a thread's event loop
+// stays free (the main thread's control plane, the reference guest's interrupt line).
+import { EventFd } from './eventfd.js';
+import { Errno, SysError } from './errors.js';
+import { check, errno, raw } from './libc.js';
+
+const EPOLL_CLOEXEC = 0o2000000;
+const EPOLL_CTL_ADD = 1;
+const EPOLL_CTL_DEL = 2;
+export const EPOLLIN = 0x001;
+const EVENT_SIZE = 12; // struct epoll_event is packed on x86-64: u32 events, u64 data
+
+export class Epoll {
+  readonly fd: number;
+  private readonly ctlEvent = Buffer.alloc(EVENT_SIZE);
+  private readonly events: Buffer;
+  private closed = false;
+
+  constructor(readonly maxEvents = 64) {
+    this.fd = check('epoll_create1', raw.epoll_create1(EPOLL_CLOEXEC) as number);
+    this.events = Buffer.alloc(EVENT_SIZE * maxEvents);
+  }
+
+  /** Watches fd for readability; `token` comes back from wait(). */
+  add(fd: number, token: number, events = EPOLLIN): void {
+    this.ctlEvent.writeUInt32LE(events, 0);
+    this.ctlEvent.writeBigUInt64LE(BigInt(token), 4);
+    check('epoll_ctl(ADD)', raw.epoll_ctl(this.fd, EPOLL_CTL_ADD, fd, this.ctlEvent) as number);
+  }
+
+  remove(fd: number): void {
+    check('epoll_ctl(DEL)', raw.epoll_ctl(this.fd, EPOLL_CTL_DEL, fd, null) as number);
+  }
+
+  /** Blocks up to timeoutMs (-1: forever); returns the tokens of ready fds. */
+  wait(timeoutMs: number, out: number[] = []): number[] {
+    const n = raw.epoll_wait(this.fd, this.events, this.maxEvents, timeoutMs) as number;
+    out.length = 0;
+    if (n === -1) {
+      if (errno() === Errno.EINTR) return out;
+      throw new SysError('epoll_wait', errno());
+    }
+    for (let i = 0; i < n; i++) out.push(Number(this.events.readBigUInt64LE(i * EVENT_SIZE + 4)));
+    return out;
+  }
+
+  /** Waits on the libuv thread pool; the calling thread's event loop keeps running. */
+  waitAsync(timeoutMs: number, done: (error: Error | null, tokens: number[]) => void): void {
+    raw.epoll_wait.async(this.fd, this.events, this.maxEvents, timeoutMs, (err: unknown, n: number) => {
+      if (err) return done(err as Error, []);
+      if (n === -1) {
+        // errno of a pool thread is not ours to read; EINTR is the only expected failure.
+        return done(null, []);
+      }
+      const tokens: number[] = [];
+      for (let i = 0; i < n; i++) tokens.push(Number(this.events.readBigUInt64LE(i * EVENT_SIZE + 4)));
+      done(null, tokens);
+    });
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    check('close', raw.close(this.fd) as number);
+  }
+}
+
+/**
+ * Calls a handler whenever one of its fds becomes readable, without blocking the event
+ * loop. The handler must consume what made the fd readable (drain the eventfd).
+ */
+export class Poller {
+  private readonly epoll = new Epoll();
+  private readonly handlers = new Map<number, () => void>();
+  private readonly fdOf = new Map<number, number>();
+  private readonly wake = EventFd.create();
+  private nextToken = 1;
+  private running = false;
+  private waiting = false;
+  private stopped = false;
+  private onIdle: (() => void) | null = null;
+
+  constructor(private readonly onError: (error: unknown) => void = (e) => { throw e; }) {
+    this.epoll.add(this.wake.fd, 0);
+  }
+
+  /** Returns a token for remove(). */
+  add(fd: number, handler: () => void): number {
+    const token = this.nextToken++;
+    this.handlers.set(token, handler);
+    this.fdOf.set(token, fd);
+    this.epoll.add(fd, token);
+    this.start();
+    return token;
+  }
+
+  remove(token: number): void {
+    const fd = this.fdOf.get(token);
+    if (fd === undefined) return;
+    this.handlers.delete(token);
+    this.fdOf.delete(token);
+    this.epoll.remove(fd);
+  }
+
+  private start(): void {
+    if (this.running || this.stopped) return;
+    this.running = true;
+    this.loop();
+  }
+
+  private loop(): void {
+    if (this.stopped) return;
+    this.waiting = true;
+    this.epoll.waitAsync(-1, (error, tokens) => {
+      this.waiting = false;
+      if (error) this.onError(error);
+      for (const token of tokens) {
+        if (token === 0) {
+          this.wake.drain();
+          continue;
+        }
+        const handler = this.handlers.get(token);
+        if (!handler) continue;
+        try {
+          handler();
+        } catch (e) {
+          this.onError(e);
+        }
+      }
+      if (this.stopped) {
+        this.finish();
+        return;
+      }
+      this.loop();
+    });
+  }
+
+  private finish(): void {
+    this.epoll.close();
+    this.wake.close();
+    this.onIdle?.();
+  }
+
+  /** Stops waiting; resolves once the pool thread has returned and the fds are closed. */
+  stop(): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    this.stopped = true;
+    if (!this.waiting) {
+      this.finish();
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      this.onIdle = resolve;
+      this.wake.signal();
+    });
+  }
+}

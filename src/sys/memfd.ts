@@ -1,0 +1,48 @@
+// memfd-backed shared memory and mappings of it. Guest RAM is a memfd so every thread
+// (and, later, every process) can map the same pages.
+import { check, MAP_FAILED, raw, viewOf } from './libc.js';
+import { SysError } from './errors.js';
+import { errno } from './libc.js';
+
+const MFD_CLOEXEC = 1;
+export const PROT_NONE = 0;
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const MAP_SHARED = 0x01;
+export const MAP_PRIVATE = 0x02;
+export const MAP_FIXED = 0x10;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_NORESERVE = 0x4000;
+
+export function memfdCreate(name: string, size: number): number {
+  const fd = check('memfd_create', raw.memfd_create(name, MFD_CLOEXEC) as number);
+  check('ftruncate', raw.ftruncate(fd, size) as number);
+  return fd;
+}
+
+export function mmap(address: bigint, length: number, prot: number, flags: number, fd: number, offset: number): bigint {
+  const p = raw.mmap(address === 0n ? null : address, length, prot, flags, fd, offset) as bigint;
+  if (p === MAP_FAILED || p === -1n) throw new SysError('mmap', errno());
+  return p;
+}
+
+export function munmap(address: bigint, length: number): void {
+  check('munmap', raw.munmap(address, length) as number);
+}
+
+/** Maps length bytes of fd at offset, shared, read-write; returns the address. */
+export function mapShared(fd: number, length: number, offset = 0): bigint {
+  return mmap(0n, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset);
+}
+
+/** Reserves address space with no access, to be filled by MAP_FIXED mappings. */
+export function reserveAddressSpace(length: number): bigint {
+  return mmap(0n, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+}
+
+/** Maps fd's pages [offset, offset+length) at exactly `address` (inside a reservation). */
+export function mapSharedAt(address: bigint, fd: number, length: number, offset: number): void {
+  mmap(address, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, offset);
+}
+
+export { viewOf };
