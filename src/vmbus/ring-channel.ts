@@ -1,0 +1,162 @@
+// A channel's pair of rings as a packet pipe, the same on both ends: drain the incoming
+// ring when the peer signals, write packets to the outgoing ring, and apply the
+// signalling and flow-control rules (signal on empty to non-empty, tell a blocked peer
+// writer when space frees, wait for space with pending_send_sz when we are blocked).
+// Used by the control-plane devices (integration services) and the reference guest;
+// high-rate devices drive RingReader/RingWriter directly in their own workers.
+import { RingReader, type PacketView } from './ring/ring-reader.js';
+import { RingWriter, WRITE_FULL, WRITE_SIGNAL } from './ring/ring-writer.js';
+import { RingCorruptError } from './ring/ring-errors.js';
+import type { RingMemory } from './ring/ring-memory.js';
+import { PacketType } from './packet.js';
+
+export type PacketHandler = (packet: PacketView, payload: Uint8Array) => void;
+
+export interface RingChannelOptions {
+  incoming: RingMemory;
+  outgoing: RingMemory;
+  /** Signal the peer (host: set the event flag and interrupt; guest: HvSignalEvent). */
+  notifyPeer: () => void;
+  onPacket: PacketHandler;
+  /** The ring broke the protocol (the peer is hostile or buggy): the owner closes the channel. */
+  onCorrupt: (error: RingCorruptError) => void;
+  maxPacketBytes?: number;
+  /** Packets we hold while our outgoing ring is full; beyond this, send() fails. */
+  maxBacklog?: number;
+}
+
+interface Backlogged {
+  type: number;
+  flags: number;
+  transactionId: bigint;
+  payload: Uint8Array;
+}
+
+export class RingChannel {
+  readonly reader: RingReader;
+  readonly writer: RingWriter;
+  readonly stats = { packetsIn: 0, packetsOut: 0, signalsIn: 0, signalsOut: 0, bytesIn: 0, bytesOut: 0 };
+  private readonly backlog: Backlogged[] = [];
+  private readonly maxBacklog: number;
+  private readonly payloadScratch: Uint8Array;
+  private broken = false;
+  private draining = false;
+
+  constructor(private readonly options: RingChannelOptions) {
+    const maxPacketBytes = options.maxPacketBytes ?? 65536;
+    this.reader = new RingReader(options.incoming, { maxPacketBytes });
+    this.writer = new RingWriter(options.outgoing);
+    this.maxBacklog = options.maxBacklog ?? 256;
+    this.payloadScratch = new Uint8Array(options.incoming.doubleMapped ? 0 : maxPacketBytes);
+  }
+
+  get isBroken(): boolean {
+    return this.broken;
+  }
+
+  /** The peer signalled us: read everything, then retry what was waiting for space. */
+  onSignal(): void {
+    if (this.broken || this.draining) return;
+    this.stats.signalsIn++;
+    this.draining = true;
+    try {
+      this.drain();
+      this.flushBacklog();
+    } catch (e) {
+      if (e instanceof RingCorruptError) this.fail(e);
+      else throw e;
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  /**
+   * Sends one packet (payload copied into the ring). Returns false if it had to be
+   * dropped because the ring is full and the backlog too.
+   */
+  send(payload: Uint8Array, transactionId: bigint, type: number = PacketType.DataInband, flags = 0): boolean {
+    if (this.broken) return false;
+    if (this.backlog.length === 0) {
+      try {
+        const result = this.writer.tryWrite(type, flags, transactionId, null, payload);
+        if (result !== WRITE_FULL) {
+          this.noteSent(payload.length, result === WRITE_SIGNAL);
+          return true;
+        }
+      } catch (e) {
+        if (e instanceof RingCorruptError) {
+          this.fail(e);
+          return false;
+        }
+        throw e;
+      }
+    }
+    if (this.backlog.length >= this.maxBacklog) return false;
+    this.backlog.push({ type, flags, transactionId, payload: payload.slice() });
+    // Ask the peer to signal once it has freed room for the first waiting packet.
+    if (this.writer.setPendingSend(this.writer.packetBytes(this.backlog[0]!.payload.length))) this.flushBacklog();
+    return true;
+  }
+
+  private noteSent(bytes: number, signal: boolean): void {
+    this.stats.packetsOut++;
+    this.stats.bytesOut += bytes;
+    if (signal) {
+      this.stats.signalsOut++;
+      this.options.notifyPeer();
+    }
+  }
+
+  private flushBacklog(): void {
+    while (this.backlog.length > 0) {
+      const next = this.backlog[0]!;
+      const result = this.writer.tryWrite(next.type, next.flags, next.transactionId, null, next.payload);
+      if (result === WRITE_FULL) {
+        if (this.writer.setPendingSend(this.writer.packetBytes(next.payload.length))) continue;
+        return;
+      }
+      this.backlog.shift();
+      this.noteSent(next.payload.length, result === WRITE_SIGNAL);
+    }
+    this.writer.clearPendingSend();
+  }
+
+  private drain(): void {
+    const reader = this.reader;
+    for (;;) {
+      reader.maskInterrupts();
+      let packet: PacketView | null;
+      while ((packet = reader.peek()) !== null) {
+        const payload = reader.mem.doubleMapped
+          ? reader.mem.data.subarray(packet.payloadOffset, packet.payloadOffset + packet.payloadLength)
+          : this.payloadScratch.subarray(0, reader.copyPayload(this.payloadScratch));
+        this.stats.packetsIn++;
+        this.stats.bytesIn += packet.payloadLength;
+        this.options.onPacket(packet, payload);
+        reader.next();
+        if (this.broken) return;
+        // Keep read_index current: the peer only signals on the empty to non-empty edge it sees.
+        if (reader.commit()) this.notifyWriterSpace();
+      }
+      if (!reader.unmaskInterrupts()) return;
+    }
+  }
+
+  private notifyWriterSpace(): void {
+    this.stats.signalsOut++;
+    this.options.notifyPeer();
+  }
+
+  private fail(error: RingCorruptError): void {
+    if (this.broken) return;
+    this.broken = true;
+    this.backlog.length = 0;
+    this.options.onCorrupt(error);
+  }
+
+  /** Stops using the rings (close, rescind, unload): nothing is read or written afterwards. */
+  shutdown(): void {
+    this.broken = true;
+    this.backlog.length = 0;
+  }
+}
