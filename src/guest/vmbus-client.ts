@@ -322,7 +322,8 @@ export class VmbusClient extends EventEmitter<ClientEvents> {
     return this.hv.postMessage(CONNECT_VP, connectionId, VMBUS_MESSAGE_TYPE, bytes);
   }
 
-  private expect(key: string): Promise<ChannelMessage> {
+  /** Waits for the reply that Linux would match to `key` (version, gpadl:R:G, open:R:O, torndown:G, modify:R, unload). */
+  expect(key: string): Promise<ChannelMessage> {
     if (this.waiters.has(key)) return Promise.reject(new Error(`already waiting for ${key}`));
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {

@@ -170,7 +170,7 @@ export class GpadlAssembler {
   /** Adds one GPADL_BODY; 'complete' means every byte arrived and the ranges parse. */
   accept(body: GpadlBodyMessage): GpadlAcceptResult {
     if (this.#error !== null) return { error: this.#error };
-    if (this.complete) {
+    if (this.#ranges !== null) {
       return this.#fail(`a body arrived after all ${this.rangeBufferLength} bytes of ranges`);
     }
     if (body.gpadl !== this.gpadl) return this.#fail(`a body for GPADL ${body.gpadl} arrived while assembling it`);
@@ -178,8 +178,9 @@ export class GpadlAssembler {
     return this.#append(body.pfnData, 'body');
   }
 
+  /** True once every byte arrived and the ranges parsed, and no error came after. */
   get complete(): boolean {
-    return this.#ranges !== null;
+    return this.#error === null && this.#ranges !== null;
   }
 
   /** Why this GPADL is unusable, or null while it is still fine. */
@@ -222,13 +223,15 @@ export class GpadlAssembler {
   #fail(problem: string): { error: string } {
     this.#error = `GPADL ${this.gpadl}: ${problem}`;
     this.#buffer = null;
+    this.#ranges = null;
     return { error: this.#error };
   }
 }
 
 function headerProblem(header: GpadlHeaderMessage, limits: GpadlLimits): string | null {
   const { rangeBufferLength: length, rangeCount: count } = header;
-  const max = Math.min(limits.maxRangeBufferLength, MAX_RANGE_BUFFER_LENGTH);
+  const limit = limits.maxRangeBufferLength;
+  const max = limit >= 0 ? Math.min(limit, MAX_RANGE_BUFFER_LENGTH) : 0; // NaN and negatives allow nothing
   if (!Number.isInteger(length) || length <= 0) return `bad range_buflen ${length}`;
   if (length > max) return `range_buflen ${length} is over the limit of ${max} bytes`;
   if (length % PFN_SIZE !== 0) return `range_buflen ${length} is not a multiple of ${PFN_SIZE}`;

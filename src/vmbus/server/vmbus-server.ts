@@ -285,6 +285,8 @@ export class VmbusServer extends EventEmitter<ServerEvents> {
 
   private finishGpadlIfComplete(gpadl: ServerGpadl): void {
     const assembler = gpadl.assembler!;
+    // A header that is wrong on its own gets its answer now, not after bodies that may never come.
+    if (assembler.error) return this.failGpadl(gpadl, assembler.error);
     if (!assembler.complete) return;
     const decoded = assembler.ranges();
     if (!decoded.ok) return this.failGpadl(gpadl, decoded.error);
@@ -517,8 +519,9 @@ export class VmbusServer extends EventEmitter<ServerEvents> {
   }
 
   private protocolError(message: string): void {
-    this.stats.protocolErrors++;
-    this.log(message);
+    const n = ++this.stats.protocolErrors;
+    // A flooding guest must not turn into a flood of log lines.
+    if (n <= 100 || n % 1000 === 0) this.log(n <= 100 ? message : `${message} (${n} protocol errors so far)`);
     this.emit('protocol-error', { message });
   }
 
