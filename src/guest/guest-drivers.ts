@@ -1,19 +1,50 @@
-// The reference guest's standard driver set, built by name (what modules a kernel loads).
-import type { VmbusDriver } from './vmbus-driver.js';
+// The reference guest's standard driver set: the hv_utils services, built by name (the
+// modules a kernel would load).
+import { IC_SERVICES } from '../devices/ic/ic-protocol.js';
 import type { GuestWorkerOptions } from '../partition/process/guest-control.js';
+import { OffsetGuestClock } from './guest-clock.js';
+import { HeartbeatDriver } from './ic/heartbeat-driver.js';
+import { IcVmbusDriver } from './ic/ic-vmbus-driver.js';
+import { KvpDriver } from './ic/kvp-driver.js';
+import { ShutdownDriver } from './ic/shutdown-driver.js';
+import { TimesyncDriver } from './ic/timesync-driver.js';
+import type { VmbusDriver } from './vmbus-driver.js';
+import type { IcTransport } from '../devices/ic/ic-transport.js';
+
+export const STANDARD_GUEST_DRIVERS = ['heartbeat', 'shutdown', 'timesync', 'kvp'] as const;
 
 export interface GuestDriverHooks {
   onShutdown: (kind: string) => void;
   referenceCounter: () => bigint;
+  log?: (message: string) => void;
 }
 
 export interface GuestDriverSet {
   all: VmbusDriver[];
-  kvp: { setGuestValue(key: string, value: string): unknown; poolEntries(pool: number): unknown } | null;
-  clock: { now(): bigint };
-  heartbeatReplies(): number;
+  clock: OffsetGuestClock;
+  heartbeat: IcVmbusDriver<HeartbeatDriver> | null;
+  kvp: IcVmbusDriver<KvpDriver> | null;
+  timesync: IcVmbusDriver<TimesyncDriver> | null;
 }
 
-export function createGuestDrivers(_options: GuestWorkerOptions, _hooks: GuestDriverHooks): GuestDriverSet {
-  return { all: [], kvp: null, clock: { now: () => 0n }, heartbeatReplies: () => 0 };
+export function createGuestDrivers(options: GuestWorkerOptions, hooks: GuestDriverHooks): GuestDriverSet {
+  const names = options.drivers ?? [...STANDARD_GUEST_DRIVERS];
+  for (const name of names) {
+    if (!(STANDARD_GUEST_DRIVERS as readonly string[]).includes(name)) throw new Error(`the reference guest has no driver '${name}'`);
+  }
+  const log = hooks.log;
+  const clock = new OffsetGuestClock({ referenceCounter: hooks.referenceCounter });
+  // A guest boots with whatever its RTC says; time sync is what corrects it.
+  if (options.clockSkewMs) clock.setTime(clock.now() + BigInt(Math.trunc(options.clockSkewMs)) * 1_000_000n);
+  const want = (name: string) => names.includes(name);
+  const driver = <T extends HeartbeatDriver | ShutdownDriver | TimesyncDriver | KvpDriver>(name: keyof typeof IC_SERVICES, create: (transport: IcTransport) => T) =>
+    new IcVmbusDriver<T>({ name, classId: IC_SERVICES[name].classId, create });
+  const heartbeat = want('heartbeat') ? driver<HeartbeatDriver>('heartbeat', (t) => new HeartbeatDriver(t, { log })) : null;
+  const shutdown = want('shutdown') ? driver<ShutdownDriver>('shutdown', (t) => new ShutdownDriver(t, { log, onShutdown: hooks.onShutdown })) : null;
+  const timesync = want('timesync') ? driver<TimesyncDriver>('timesync', (t) => new TimesyncDriver(t, { log, clock })) : null;
+  const kvp = want('kvp')
+    ? driver<KvpDriver>('kvp', (t) => new KvpDriver(t, { log, info: { fullyQualifiedDomainName: options.hostname ?? 'enlighten-guest', osName: 'enlighten reference guest', processorArchitecture: 'x86_64' } }))
+    : null;
+  const all = [heartbeat, shutdown, timesync, kvp].filter((d): d is NonNullable<typeof d> => d !== null) as VmbusDriver[];
+  return { all, clock, heartbeat, kvp, timesync };
 }

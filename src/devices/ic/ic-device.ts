@@ -4,7 +4,7 @@
 import type { Poller } from '../../sys/epoll.js';
 import { PacketType } from '../../vmbus/packet.js';
 import { RingChannel } from '../../vmbus/ring-channel.js';
-import type { OpenChannel, VmbusDevice } from '../../vmbus/server/vmbus-device.js';
+import type { ChannelCounters, OpenChannel, VmbusDevice } from '../../vmbus/server/vmbus-device.js';
 import { IC_MAX_PACKET_BYTES, type IcHostEndpoint } from './ic-endpoint.js';
 import type { IcTransport } from './ic-transport.js';
 
@@ -44,6 +44,10 @@ export class IcDevice<T extends IcHostEndpoint> implements VmbusDevice {
 
   get ring(): RingChannel | null {
     return this.session?.ring ?? null;
+  }
+
+  counters(): ChannelCounters | null {
+    return this.session?.ring.stats ?? null;
   }
 
   open(channel: OpenChannel): number {

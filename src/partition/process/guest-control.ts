@@ -27,4 +27,6 @@ export interface GuestWorkerOptions {
   drivers?: string[];
   /** Fixed guest identity for the KVP auto pool. */
   hostname?: string;
+  /** How far the guest's clock is off at boot, for time sync to correct. */
+  clockSkewMs?: number;
 }

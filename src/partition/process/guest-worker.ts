@@ -31,6 +31,12 @@ async function powerOff(reason: string): Promise<void> {
   port.close();
 }
 
+function kvp() {
+  const instance = drivers.kvp?.instance;
+  if (!instance) throw new Error('the KVP channel is not open in the guest');
+  return instance;
+}
+
 async function handle(request: GuestRequest): Promise<unknown> {
   switch (request.op) {
     case 'boot': return guest.boot();
@@ -43,10 +49,13 @@ async function handle(request: GuestRequest): Promise<unknown> {
       synic: guest.client.synic.stats,
       client: guest.client.stats,
     };
-    case 'kvp-set': return drivers.kvp?.setGuestValue(request.key, request.value);
-    case 'kvp-pool': return drivers.kvp?.poolEntries(request.pool);
+    case 'kvp-set': return kvp().setGuestValue(request.key, request.value);
+    case 'kvp-pool': return kvp().entries(request.pool);
     case 'clock': return drivers.clock.now().toString();
-    case 'heartbeat': return drivers.heartbeatReplies();
+    case 'heartbeat': {
+      const hb = drivers.heartbeat?.instance;
+      return { answered: hb?.answered ?? 0, lastSequence: hb?.lastSequence?.toString() ?? null };
+    }
     case 'retarget': {
       const channel = guest.client.channels.get(request.relid);
       if (!channel) throw new Error(`no channel ${request.relid}`);

@@ -44,4 +44,13 @@ export interface VmbusDevice {
   open(channel: OpenChannel): number | Promise<number>;
   /** The channel closed (guest close, rescind, unload, failure). Stop touching its rings. */
   close(channel: OpenChannel): void;
+  /** Packet and signal counters of the open channel, for inspect. */
+  counters?(): ChannelCounters | null;
+}
+
+export interface ChannelCounters {
+  packetsIn: number;
+  packetsOut: number;
+  signalsIn: number;
+  signalsOut: number;
 }

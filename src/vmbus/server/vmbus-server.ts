@@ -11,11 +11,11 @@ import { EventFd } from '../../sys/eventfd.js';
 import type { Partition } from '../../partition/partition.js';
 import { decodeMessage, encodeMessage, type ChannelMessage } from '../channel-messages.js';
 import { GpadlAssembler } from '../gpadl-messages.js';
-import { ringMemoryFromBuffer } from '../ring/ring-memory.js';
 import { formatVersion, VMBUS_VERSIONS_LINUX, VERSION_WIN10_V4_1, VERSION_WIN10_V5, VERSION_WIN10_V5_3, VERSION_WIN8, VERSION_WIN8_1, versionAtLeast } from '../versions.js';
 import type { ServerGpadl } from './gpadl.js';
 import type { ServerChannel } from './server-channel.js';
-import type { OpenChannel, VmbusDevice } from './vmbus-device.js';
+import type { ChannelCounters, OpenChannel, VmbusDevice } from './vmbus-device.js';
+import { ringMemoryFromBuffer, RingWord, type RingMemory } from '../ring/ring-memory.js';
 
 /** HvPostMessage connection ids the guest uses for channel messages. */
 export const MESSAGE_CONNECTION_ID = 1;
@@ -145,6 +145,20 @@ export class VmbusServer extends EventEmitter<ServerEvents> {
       targetVp: c.targetVp,
       connectionId: c.connectionId,
     }));
+  }
+
+  /** Channels with ring fill and device counters, for inspect. */
+  channelStatus(): (ChannelInfo & { incomingFill: number | null; outgoingFill: number | null; counters: ChannelCounters | null })[] {
+    return this.channelInfo().map((info) => {
+      const channel = this.channels.get(info.relid)!;
+      const open = channel.open;
+      return {
+        ...info,
+        incomingFill: open ? ringFill(open.incoming) : null,
+        outgoingFill: open ? ringFill(open.outgoing) : null,
+        counters: open ? (channel.device.counters?.() ?? null) : null,
+      };
+    });
   }
 
   /** Server state for leak checks: what it holds for the guest right now. */
@@ -531,3 +545,11 @@ export class VmbusServer extends EventEmitter<ServerEvents> {
   }
 }
 
+
+/** Bytes waiting in a ring as a fraction of its data area (indices as the guest left them). */
+function ringFill(ring: RingMemory): number {
+  const write = Atomics.load(ring.header, RingWord.WriteIndex) >>> 0;
+  const read = Atomics.load(ring.header, RingWord.ReadIndex) >>> 0;
+  if (write >= ring.dataSize || read >= ring.dataSize) return 1;
+  return ((write - read + ring.dataSize) % ring.dataSize) / ring.dataSize;
+}

@@ -1,0 +1,78 @@
+// The enlighten command line.
+import { Command, CommanderError, Option } from 'commander';
+import { callApi } from '../api/api-client.js';
+import { defaultSocketPath } from '../api/api-protocol.js';
+import { inspectCommand } from './inspect-command.js';
+import { runCommand } from './run-command.js';
+import { UsageError } from './usage-error.js';
+
+function program(): Command {
+  const root = new Command('enlighten')
+    .description('Hyper-V enlightened I/O host: a VMBus server with synthetic devices, on a process partition (reference guest) or KVM')
+    .exitOverride()
+    .configureOutput({ writeErr: () => {} })
+    .showHelpAfterError(false);
+
+  root
+    .command('run')
+    .description('start a VM and show what the guest negotiated')
+    .addOption(new Option('--backend <backend>', 'partition backend').choices(['process', 'kvm']).default('process'))
+    .addOption(new Option('--events <format>', 'output: text for people, json for one JSON object per line').choices(['text', 'json']).default('text'))
+    .addOption(new Option('--stop-when <when>', 'ready: shut the guest down once it is up; never: run until SIGTERM or `enlighten shutdown`').choices(['ready', 'never']).default('never'))
+    .option('--cpus <n>', 'virtual processors', '2')
+    .option('--memory <size>', 'guest RAM (e.g. 256M, 1G)', '256M')
+    .option('--vmbus-version <major.minor>', 'newest VMBus version the host accepts (default 5.3)')
+    .option('--guest-vmbus-version <major.minor>', "newest VMBus version the reference guest tries (Linux's max_version)")
+    .option('--name <name>', 'VM name, for the control socket', 'default')
+    .option('--api-socket <path>', 'control socket path (default: derived from --name)')
+    .option('-v, --verbose', 'log host and guest diagnostics to stderr')
+    .action(async (options) => {
+      process.exitCode = await runCommand(options);
+    });
+
+  root
+    .command('shutdown')
+    .description('ask a running VM\'s guest to shut down through the Shutdown integration service')
+    .option('--name <name>', 'VM name', 'default')
+    .option('--api-socket <path>', 'control socket path')
+    .option('--restart', 'restart instead of powering off')
+    .action(async (options) => {
+      const status = await callApi(options.apiSocket ?? defaultSocketPath(options.name), { op: 'shutdown', kind: options.restart ? 'restart' : 'shutdown' });
+      process.stdout.write(`guest accepted the request (status ${status})\n`);
+    });
+
+  root
+    .command('inspect')
+    .description('show each channel of a running VM: relid, class, ring fill, packets and signals per second')
+    .option('--name <name>', 'VM name', 'default')
+    .option('--api-socket <path>', 'control socket path')
+    .option('--watch', 'refresh until interrupted')
+    .option('--interval <ms>', 'sampling interval', '1000')
+    .option('--json', 'one JSON object per sample')
+    .action(async (options) => {
+      const intervalMs = Number(options.interval);
+      if (!Number.isInteger(intervalMs) || intervalMs < 50) throw new UsageError('--interval must be a whole number of milliseconds, at least 50');
+      process.exitCode = await inspectCommand({ socketPath: options.apiSocket ?? defaultSocketPath(options.name), watch: !!options.watch, intervalMs, json: !!options.json });
+    });
+  return root;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  try {
+    await program().parseAsync(argv);
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.exitCode === 0) return; // --help, --version
+      process.stderr.write(`enlighten: ${e.message.replace(/^error: /, '')} (see 'enlighten --help')\n`);
+      process.exitCode = 2;
+      return;
+    }
+    if (e instanceof UsageError) {
+      process.stderr.write(`enlighten: ${e.message}\n`);
+      process.exitCode = 2;
+      return;
+    }
+    process.stderr.write(`enlighten: ${(e as Error).message}\n`);
+    process.exitCode = 1;
+  }
+}

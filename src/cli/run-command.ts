@@ -1,0 +1,185 @@
+// `enlighten run`: start a VM, print what the guest reports (text or JSON lines), serve
+// the control API, and stop on request, on Ctrl-C/SIGTERM (through the Shutdown IC) or
+// when the guest powers off.
+import type { GuestReport } from '../guest/reference-guest.js';
+import { startApiServer } from '../api/api-server.js';
+import { defaultSocketPath, type ApiRequest } from '../api/api-protocol.js';
+import { ProcessVm } from '../vm/process-vm.js';
+import { createStandardDevices, type StandardDevices } from '../vm/standard-devices.js';
+import { vmStatus } from '../vm/vm-status.js';
+import { parseVersion, VMBUS_VERSIONS_LINUX } from '../vmbus/versions.js';
+import { parseSize } from './sizes.js';
+import { UsageError } from './usage-error.js';
+
+export interface RunOptions {
+  backend: string;
+  events: string;
+  stopWhen: string;
+  cpus: string;
+  memory: string;
+  vmbusVersion?: string;
+  guestVmbusVersion?: string;
+  name: string;
+  apiSocket?: string;
+  verbose?: boolean;
+}
+
+const MIN_MEMORY = 16 * 1024 * 1024;
+const MAX_MEMORY = 64 * 1024 ** 3;
+const SHUTDOWN_GRACE_MS = 15_000;
+
+export interface ValidatedRun {
+  json: boolean;
+  stopWhenReady: boolean;
+  cpus: number;
+  memoryBytes: number;
+  maxVersion?: number;
+  guestMaxVersion?: number;
+  socketPath: string;
+  verbose: boolean;
+}
+
+export function validateRunOptions(o: RunOptions): ValidatedRun {
+  if (o.backend === 'kvm') {
+    throw new UsageError("the KVM backend is not built yet in this version; use '--backend process' to run the reference guest");
+  }
+  if (o.backend !== 'process') throw new UsageError(`unknown backend '${o.backend}': use 'process' (or 'kvm' once available)`);
+  if (o.events !== 'json' && o.events !== 'text') throw new UsageError(`--events must be 'json' or 'text', not '${o.events}'`);
+  if (o.stopWhen !== 'ready' && o.stopWhen !== 'never') throw new UsageError(`--stop-when must be 'ready' or 'never', not '${o.stopWhen}'`);
+  const cpus = Number(o.cpus);
+  if (!Number.isInteger(cpus) || cpus < 1 || cpus > 64) throw new UsageError(`--cpus must be a whole number from 1 to 64, not '${o.cpus}'`);
+  let memoryBytes: number;
+  try {
+    memoryBytes = parseSize(o.memory);
+  } catch (e) {
+    throw new UsageError(`--memory: ${(e as Error).message}`);
+  }
+  if (memoryBytes < MIN_MEMORY || memoryBytes > MAX_MEMORY || memoryBytes % 4096 !== 0) {
+    throw new UsageError(`--memory must be a multiple of 4 KiB between 16M and 64G, not '${o.memory}'`);
+  }
+  const version = (flag: string, text?: string) => {
+    if (text === undefined) return undefined;
+    let v: number;
+    try {
+      v = parseVersion(text);
+    } catch {
+      throw new UsageError(`${flag} '${text}' is not a version like 5.3`);
+    }
+    if (!VMBUS_VERSIONS_LINUX.includes(v)) throw new UsageError(`${flag} ${text} is not a VMBus version Linux speaks (2.4, 3.0, 4.0, 4.1, 5.0-5.3)`);
+    return v;
+  };
+  return {
+    json: o.events === 'json',
+    stopWhenReady: o.stopWhen === 'ready',
+    cpus,
+    memoryBytes,
+    maxVersion: version('--vmbus-version', o.vmbusVersion),
+    guestMaxVersion: version('--guest-vmbus-version', o.guestVmbusVersion),
+    socketPath: o.apiSocket ?? defaultSocketPath(o.name),
+    verbose: o.verbose ?? false,
+  };
+}
+
+export async function runCommand(options: RunOptions): Promise<number> {
+  const run = validateRunOptions(options);
+  const out = (event: Record<string, unknown>, text: string) => {
+    if (run.json) process.stdout.write(`${JSON.stringify(event)}\n`);
+    else process.stdout.write(`${text}\n`);
+  };
+  const log = (message: string) => {
+    if (run.verbose) process.stderr.write(`enlighten: ${message}\n`);
+  };
+  let devices: StandardDevices | null = null;
+  const vm = new ProcessVm({
+    memoryBytes: run.memoryBytes,
+    cpus: run.cpus,
+    maxVersion: run.maxVersion,
+    guestMaxVersion: run.guestMaxVersion,
+    devices: (context) => {
+      devices = createStandardDevices({ poller: context.poller, referenceTime: () => context.partition.referenceTime(), log });
+      return devices.all;
+    },
+    log,
+  });
+  vm.on('report', (report) => printReport(report, out, log));
+  const shutdown = async (kind: 'shutdown' | 'restart' = 'shutdown') => {
+    const service = devices?.shutdown.service;
+    if (!service) throw new Error('the guest has not opened the shutdown integration service');
+    const status = await service.request(kind);
+    out({ event: 'shutdown-requested', kind, status }, `asked the guest to ${kind} (guest answered status ${status})`);
+    return status;
+  };
+  const api = await startApiServer(run.socketPath, async (request: ApiRequest) => {
+    switch (request.op) {
+      case 'shutdown': return shutdown(request.kind ?? 'shutdown');
+      case 'inspect':
+      case 'status': return vmStatus(vm.server, 'process', run.cpus, run.memoryBytes);
+      default: throw new Error(`unknown API operation ${(request as { op: string }).op}`);
+    }
+  });
+  let stopping = false;
+  const onSignal = (signal: string) => {
+    if (stopping) {
+      log(`${signal} again: stopping now`);
+      process.exitCode = 1;
+      void vm.stop();
+      return;
+    }
+    stopping = true;
+    log(`${signal}: asking the guest to shut down`);
+    shutdown().catch((e: Error) => {
+      log(`shutdown through the integration service failed: ${e.message}; stopping the VM`);
+      void vm.stop();
+    });
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  let code = 1;
+  try {
+    const version = await vm.start();
+    out({ event: 'ready', version, channels: vm.server.channelInfo().length, api: run.socketPath }, `guest is up: VMBus ${version}; control socket ${run.socketPath}`);
+    if (run.stopWhenReady) {
+      stopping = true;
+      await shutdown();
+    }
+    const exit = await withTimeoutAfterShutdown(vm, () => stopping);
+    code = exit.code;
+    out({ event: 'exit', code: exit.code, reason: exit.reason }, `guest stopped: ${exit.reason}`);
+  } catch (e) {
+    process.stderr.write(`enlighten: ${(e as Error).message}\n`);
+    code = 1;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    api.close();
+    await vm.stop();
+  }
+  return code;
+}
+
+/** Waits for the guest to stop; once a shutdown was asked for, gives it a bounded time. */
+async function withTimeoutAfterShutdown(vm: ProcessVm, shuttingDown: () => boolean): Promise<{ code: number; reason: string }> {
+  const exit = vm.waitForExit();
+  for (;;) {
+    const tick = new Promise<null>((resolve) => setTimeout(() => resolve(null), 500).unref());
+    const first = await Promise.race([exit, tick]);
+    if (first) return first;
+    if (shuttingDown()) {
+      const late = await Promise.race([exit, new Promise<null>((resolve) => setTimeout(() => resolve(null), SHUTDOWN_GRACE_MS).unref())]);
+      return late ?? { code: 1, reason: `guest did not power off within ${SHUTDOWN_GRACE_MS / 1000} s of the shutdown request` };
+    }
+  }
+}
+
+function printReport(report: GuestReport, out: (event: Record<string, unknown>, text: string) => void, log: (m: string) => void): void {
+  switch (report.event) {
+    case 'vmbus-connected': return out(report, `guest: VMBus ${report.version} negotiated`);
+    case 'channel-open': return out(report, `guest: channel ${report.relid} open: ${report.name} (${report.class})`);
+    case 'channel-close': return out(report, `guest: channel ${report.relid} closed: ${report.name}`);
+    case 'rescind': return out(report, `guest: channel ${report.relid} rescinded by the host`);
+    case 'unloaded': return out(report, 'guest: VMBus unloaded');
+    case 'power-off': return out(report, `guest: powered off (${report.reason})`);
+    case 'offer': return log(`guest saw offer ${report.relid} ${report.class}`);
+    case 'log': return log(`guest: ${report.message}`);
+  }
+}
