@@ -450,6 +450,14 @@ describe('signalling', () => {
   });
 });
 
+/** Writes until FULL; bounded so a broken fullness check fails instead of hanging. */
+function fillUntilFull(writer: RingWriter, payload: Uint8Array): number {
+  for (let n = 0; n < 1000; n++) {
+    if (writer.tryWrite(PacketType.DataInband, 0, 0n, null, payload) === WriteResult.FULL) return n;
+  }
+  throw new Error('the ring never reported FULL');
+}
+
 describe('flow control', () => {
   test('full ring: FULL, then the reader commit that frees enough space is the one that asks for a signal', () => {
     const ring = makeRing('memfd-double', 2);
@@ -459,7 +467,7 @@ describe('flow control', () => {
       const payload = new Uint8Array(1000);
       const bytes = writer.packetBytes(payload.length); // 1024
       let written = 0;
-      while (writer.tryWrite(PacketType.DataInband, 0, BigInt(written), null, payload) !== WriteResult.FULL) written++;
+      while (written < 100 && writer.tryWrite(PacketType.DataInband, 0, BigInt(written), null, payload) !== WriteResult.FULL) written++;
       assert.equal(written, 7, '8 KiB ring holds 7 packets of 1024 bytes (never full)');
       assert.equal(writer.free(), ring.size - 7 * bytes);
       // Want room for three packets: needs free > 3 * 1024, i.e. three packets read.
@@ -488,7 +496,7 @@ describe('flow control', () => {
     const writer = new RingWriter(ring.writerMem);
     const reader = new RingReader(ring.readerMem);
     const payload = new Uint8Array(500);
-    while (writer.tryWrite(PacketType.DataInband, 0, 0n, null, payload) !== WriteResult.FULL);
+    fillUntilFull(writer, payload);
     reader.peek();
     reader.next();
     assert.equal(reader.commit(), false, 'pending_send_sz is 0');
@@ -540,7 +548,7 @@ describe('flow control', () => {
     const writer = new RingWriter(ring.writerMem);
     const reader = new RingReader(ring.readerMem);
     const payload = new Uint8Array(1000);
-    while (writer.tryWrite(PacketType.DataInband, 0, 0n, null, payload) !== WriteResult.FULL);
+    fillUntilFull(writer, payload);
     let sleeps = 0;
     writer.waitForSpace(writer.packetBytes(payload.length), () => {
       sleeps++;
@@ -646,6 +654,7 @@ describe('hostile peer', () => {
       ['offset8 < 2', () => { words[0] = 6 | (1 << 16); words[1] = 4; }],
       ['offset8 > len8', () => { words[0] = 6 | (5 << 16); words[1] = 4; }],
       ['len8 past the published bytes', () => { words[0] = 6 | (2 << 16); words[1] = 100; }],
+      ['trailer past the published bytes', () => { words[0] = 6 | (2 << 16); words[1] = 8; }],
       ['len8 over the maximum packet size', () => { Atomics.store(mem.header, RingWord.WriteIndex, 2048); words[0] = 6 | (2 << 16); words[1] = 200; }],
     ];
     for (const [name, corrupt] of cases) {

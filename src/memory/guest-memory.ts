@@ -30,9 +30,7 @@ export class GuestMemory {
   private readonly spareMappings = new Map<number, bigint[]>();
 
   private constructor(fd: number, size: number, owner: boolean) {
-    if (!Number.isSafeInteger(size) || size <= 0 || size % PAGE_SIZE !== 0) {
-      throw new GuestMemoryError(`guest RAM size must be a positive multiple of ${PAGE_SIZE}, got ${size}`);
-    }
+    checkSize(size);
     this.fd = fd;
     this.size = size;
     this.pageCount = size / PAGE_SIZE;
@@ -46,6 +44,7 @@ export class GuestMemory {
 
   /** Allocates RAM (zeroed) in a new memfd. It stays mapped for the life of the process. */
   static create(size: number, name = 'enlighten-guest-ram'): GuestMemory {
+    checkSize(size); // before the memfd exists, so a refused size leaks no fd
     return new GuestMemory(memfdCreate(name, size), size, true);
   }
 
@@ -144,6 +143,12 @@ export class PageMapping {
     if (this.released) return;
     this.released = true;
     this.memory.recycle(this.address, this.length);
+  }
+}
+
+function checkSize(size: number): void {
+  if (!Number.isSafeInteger(size) || size <= 0 || size % PAGE_SIZE !== 0) {
+    throw new GuestMemoryError(`guest RAM size must be a positive multiple of ${PAGE_SIZE}, got ${size}`);
   }
 }
 

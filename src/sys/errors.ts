@@ -2,9 +2,10 @@
 // without parsing strings.
 import os from 'node:os';
 
-const errnoNames = new Map<number, string>(
-  Object.entries(os.constants.errno).map(([name, value]) => [value, name]),
-);
+// Where two names share a number (EAGAIN/EWOULDBLOCK, ENOTSUP/EOPNOTSUPP) keep the first,
+// the one Node itself reports.
+const errnoNames = new Map<number, string>();
+for (const [name, value] of Object.entries(os.constants.errno)) if (!errnoNames.has(value)) errnoNames.set(value, name);
 
 export class SysError extends Error {
   readonly errno: number;

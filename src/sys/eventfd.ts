@@ -39,7 +39,8 @@ export class EventFd {
       if (e === Errno.EAGAIN) return 0n;
       throw new SysError('read(eventfd)', e);
     }
-    return this.cell[0]!;
+    // koffi writes the counter back as a number (a bigint only above 2^53): normalise.
+    return BigInt(this.cell[0]!);
   }
 
   close(): void {

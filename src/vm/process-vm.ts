@@ -91,9 +91,20 @@ export class ProcessVm extends EventEmitter<VmEvents> {
 
   /** Tears everything down. Safe to call twice. */
   async stop(): Promise<void> {
-    if (this.worker) {
-      await this.worker.terminate();
+    const worker = this.worker;
+    if (worker) {
       this.worker = null;
+      const exited = new Promise((resolve) => worker.once('exit', resolve));
+      // A guest thread waiting for interrupts on the thread pool cannot be terminated until
+      // that wait returns: ask it to halt, and keep waking it until it is gone.
+      const kick = setInterval(() => this.partition.kickGuest(), 20);
+      try {
+        worker.postMessage({ id: 0, request: { op: 'halt' } });
+        await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 2000))]);
+        await worker.terminate();
+      } finally {
+        clearInterval(kick);
+      }
     }
     this.server.reset();
     this.partition.close();

@@ -65,7 +65,7 @@ export class HeartbeatService extends IcHostService {
     this.#outstanding = true;
     const sent = this.#nextSequence;
     this.#nextSequence = nextHeartbeatSequence(this.#nextSequence);
-    this.transact(IcMsgType.HEARTBEAT, encodeHeartbeatBody(sent), this.#intervalMs * 3).then(
+    this.transact(IcMsgType.HEARTBEAT, encodeHeartbeatBody(sent), this.#intervalMs * 3, false).then(
       (response) => {
         this.#outstanding = false;
         const answered = decodeHeartbeatSequence(response.body);

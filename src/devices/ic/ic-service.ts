@@ -15,6 +15,7 @@ import {
   encodeIcMessage,
   encodeNegotiate,
   formatVersion,
+  icVersion,
   versionsEqual,
 } from './ic-protocol.js';
 import type { IcHeader, IcVersion } from './ic-protocol.js';
@@ -134,9 +135,10 @@ export abstract class IcHostService {
   /**
    * Sends one request once negotiation is done and resolves with the guest's answer. The
    * timeout covers the wait for negotiation too, so a guest that never answers anything
-   * cannot hang the caller.
+   * cannot hang the caller. A request someone awaits keeps the process alive until it
+   * settles; background traffic (heartbeats, time samples) passes `keepAlive: false`.
    */
-  protected transact(msgType: number, body: Uint8Array, timeoutMs: number): Promise<IcResponse> {
+  protected transact(msgType: number, body: Uint8Array, timeoutMs: number, keepAlive = true): Promise<IcResponse> {
     return new Promise<IcResponse>((resolve, reject) => {
       let transactionId: bigint | undefined;
       let settled = false;
@@ -153,7 +155,7 @@ export abstract class IcHostService {
         () => abort(new IcTimeoutError(`${this.name}: no answer within ${timeoutMs} ms`)),
         timeoutMs,
       );
-      timer.unref();
+      if (!keepAlive) timer.unref();
       this.#aborts.add(abort);
 
       this.whenReady().then(
@@ -229,8 +231,8 @@ export abstract class IcHostService {
       this.#fail(`negotiate answer body of ${body.length} bytes cannot hold two versions`);
       return;
     }
-    const frameworkVersion = { major: view.getUint16(8, true), minor: view.getUint16(10, true) };
-    const messageVersion = { major: view.getUint16(12, true), minor: view.getUint16(14, true) };
+    const frameworkVersion = icVersion(view.getUint16(8, true), view.getUint16(10, true));
+    const messageVersion = icVersion(view.getUint16(12, true), view.getUint16(14, true));
     if (!this.#frameworkVersions.some((v) => versionsEqual(v, frameworkVersion))) {
       this.#fail(`the guest chose framework version ${formatVersion(frameworkVersion)}, which was not offered`);
       return;

@@ -95,7 +95,7 @@ export class TimesyncService extends IcHostService {
     this.whenReady().then(
       () => {
         this.#sent++;
-        return this.transact(IcMsgType.TIMESYNC, body(), this.#timeoutMs).then((response) => {
+        return this.transact(IcMsgType.TIMESYNC, body(), this.#timeoutMs, false).then((response) => {
           if (response.header.status === IcStatus.S_OK) this.#answered++;
           else this.log(`sample answered with status ${formatStatus(response.header.status)}`);
         });

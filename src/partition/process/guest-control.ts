@@ -4,6 +4,7 @@ import type { GuestReport } from '../../guest/reference-guest.js';
 
 export type GuestRequest =
   | { op: 'boot' }
+  | { op: 'halt' }
   | { op: 'unload'; closeChannels: boolean }
   | { op: 'power-off'; reason: string }
   | { op: 'state' }

@@ -40,6 +40,10 @@ function kvp() {
 async function handle(request: GuestRequest): Promise<unknown> {
   switch (request.op) {
     case 'boot': return guest.boot();
+    case 'halt':
+      // Stop waiting for interrupts so the thread can end (a pending wait would hold it).
+      setImmediate(() => void hv.close().then(() => port.close()));
+      return null;
     case 'unload': return guest.client.unload({ closeChannels: request.closeChannels });
     case 'power-off': return powerOff(request.reason);
     case 'state': return {

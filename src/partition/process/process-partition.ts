@@ -82,6 +82,11 @@ export class ProcessPartition implements Partition {
     return new Worker(script, { workerData: { shared: this.shared, guest: guestOptions } });
   }
 
+  /** Wakes every vCPU's interrupt wait without raising a vector (used to end the guest thread). */
+  kickGuest(): void {
+    for (const line of this.interrupts) line.signal();
+  }
+
   private inject(vp: number, vector: number): void {
     const word = vp * VECTOR_WORDS_PER_VP + (vector >>> 5);
     Atomics.or(this.pendingVectors, word, 1 << (vector & 31));
