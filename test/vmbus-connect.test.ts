@@ -17,7 +17,7 @@ test('guest negotiates the newest version and opens every offered channel', asyn
     assert.deepEqual(opened.map((r) => r.name).sort(), [...IC_NAMES].sort());
     for (const r of opened) assert.equal(r.class, IC_SERVICES[r.name as keyof typeof IC_SERVICES].classId);
     assert.deepEqual(t.vm.server.channelInfo().map((c) => c.state), ['open', 'open', 'open', 'open']);
-    assert.deepEqual(t.vm.server.resources(), { gpadls: 4, openChannels: 4, mappings: 8, signals: 4 });
+    assert.deepEqual(t.vm.server.resources(), { gpadls: 4, pendingGpadls: 0, openChannels: 4, mappings: 8, signals: 4 });
   } finally {
     await t.vm.stop();
   }
@@ -52,7 +52,7 @@ test('a version the host does not support is refused and the guest gives up clea
     await assert.rejects(t.vm.start(), /refused every VMBus version/);
     assert.equal(t.vm.server.connected, false);
     assert.deepEqual(t.logs.filter((l) => l.startsWith('refused VMBus version')).map((l) => l.split(':')[0]), ['refused VMBus version 3.0', 'refused VMBus version 2.4']);
-    assert.deepEqual(t.vm.server.resources(), { gpadls: 0, openChannels: 0, mappings: 0, signals: 0 });
+    assert.deepEqual(t.vm.server.resources(), { gpadls: 0, pendingGpadls: 0, openChannels: 0, mappings: 0, signals: 0 });
   } finally {
     await t.vm.stop();
   }
@@ -65,9 +65,9 @@ test('unload and reconnect: channels and GPADLs come back and the server leaks n
     for (let round = 0; round < 3; round++) {
       await t.vm.request({ op: 'unload', closeChannels: round % 2 === 0 });
       assert.equal(t.vm.server.connected, false);
-      assert.deepEqual(t.vm.server.resources(), { gpadls: 0, openChannels: 0, mappings: 0, signals: 0 }, `after unload ${round}`);
+      assert.deepEqual(t.vm.server.resources(), { gpadls: 0, pendingGpadls: 0, openChannels: 0, mappings: 0, signals: 0 }, `after unload ${round}`);
       assert.equal(await t.vm.request({ op: 'boot' }), '5.3');
-      assert.deepEqual(t.vm.server.resources(), { gpadls: 4, openChannels: 4, mappings: 8, signals: 4 }, `after reconnect ${round}`);
+      assert.deepEqual(t.vm.server.resources(), { gpadls: 4, pendingGpadls: 0, openChannels: 4, mappings: 8, signals: 4 }, `after reconnect ${round}`);
     }
     const state = (await t.vm.request({ op: 'state' })) as { channels: { open: boolean }[] };
     assert.equal(state.channels.filter((c) => c.open).length, 4);
@@ -87,7 +87,7 @@ test('rescind (hot-remove) and hot-add of a device', async () => {
     await t.waitForReport((r) => r.event === 'rescind' && r.relid === kvpRelid);
     // The guest closes the channel and releases the relid; the server forgets it.
     await until(() => !t.vm.server.channelInfo().some((c) => c.relid === kvpRelid), 5000, 'relid release');
-    assert.deepEqual(t.vm.server.resources(), { gpadls: 3, openChannels: 3, mappings: 6, signals: 3 });
+    assert.deepEqual(t.vm.server.resources(), { gpadls: 3, pendingGpadls: 0, openChannels: 3, mappings: 6, signals: 3 });
     t.reports.length = 0; // the relid may be reused: only reports from now on count
     const relid = t.vm.server.addDevice(t.devices.kvp);
     await t.waitForReport((r) => r.event === 'channel-open' && r.relid === relid && r.name === 'kvp');

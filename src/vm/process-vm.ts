@@ -22,6 +22,9 @@ export interface ProcessVmOptions {
   devices: (context: { poller: Poller; server: VmbusServer; partition: ProcessPartition }) => VmbusDevice[];
   log?: (message: string) => void;
   replyTimeoutMs?: number;
+  /** How far the guest's clock is off at boot (time sync corrects it). */
+  guestClockSkewMs?: number;
+  guestHostname?: string;
 }
 
 export interface VmEvents {
@@ -52,7 +55,8 @@ export class ProcessVm extends EventEmitter<VmEvents> {
 
   /** Starts the guest and boots it; resolves with the negotiated VMBus version. */
   async start(): Promise<string> {
-    const guestOptions: GuestWorkerOptions = { maxVersion: this.options.guestMaxVersion, drivers: this.options.guestDrivers, replyTimeoutMs: this.options.replyTimeoutMs };
+    const o = this.options;
+    const guestOptions: GuestWorkerOptions = { maxVersion: o.guestMaxVersion, drivers: o.guestDrivers, replyTimeoutMs: o.replyTimeoutMs, clockSkewMs: o.guestClockSkewMs, hostname: o.guestHostname };
     const worker = this.partition.startGuest(new URL('../partition/process/guest-worker.js', import.meta.url), guestOptions);
     this.worker = worker;
     worker.on('message', (message: GuestToHost) => this.onGuestMessage(message));

@@ -202,8 +202,8 @@ export function decodeGpaDirectHeader(bytes: Uint8Array, offset: number, length:
       pfns[k] = hi * 0x1_0000_0000 + lo;
       p += 8;
     }
-    out.count = i + 1;
   }
+  out.count = rangeCount;
   return DecodeError.None;
 }
 

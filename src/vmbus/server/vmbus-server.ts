@@ -162,7 +162,9 @@ export class VmbusServer extends EventEmitter<ServerEvents> {
   }
 
   /** Server state for leak checks: what it holds for the guest right now. */
-  resources(): { gpadls: number; openChannels: number; mappings: number; signals: number } {
+  resources(): { gpadls: number; pendingGpadls: number; openChannels: number; mappings: number; signals: number } {
+    let pendingGpadls = 0;
+    for (const g of this.gpadls.values()) if (g.assembler) pendingGpadls++;
     let openChannels = 0;
     let mappings = 0;
     let signals = 0;
@@ -171,7 +173,7 @@ export class VmbusServer extends EventEmitter<ServerEvents> {
       mappings += c.mappings.length;
       if (c.signal) signals++;
     }
-    return { gpadls: this.gpadls.size, openChannels, mappings, signals };
+    return { gpadls: this.gpadls.size - pendingGpadls, pendingGpadls, openChannels, mappings, signals };
   }
 
   /** Forget the connection as on a platform reset (no message to the guest). */
