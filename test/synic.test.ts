@@ -395,6 +395,35 @@ describe('SynIC message delivery', () => {
     assert.equal(synic.queuedMessages(0, VMBUS_SINT), 0);
   });
 
+  test('the re-read after setting message_pending closes the race with a guest freeing the slot', () => {
+    const { synic, injected } = rig();
+    enableAll(synic, 0);
+    const gpa = slotGpa(0, VMBUS_SINT);
+    synic.postMessage(0, VMBUS_SINT, 1, payloadOf(4, 1));
+    // The guest frees the slot and samples message_pending = 0 just before the host sets it:
+    // it will never write EOM, so the host must notice the free slot by itself.
+    const original = Atomics.or;
+    let raced = 0;
+    (Atomics as { or: typeof Atomics.or }).or = ((array: Uint8Array, index: number, value: number) => {
+      if (array.buffer === memory.bytes.buffer && index === gpa + 5 && raced === 0) {
+        raced++;
+        const type = Atomics.load(memory.words, gpa >>> 2);
+        Atomics.compareExchange(memory.words, gpa >>> 2, type, 0);
+        assert.equal(Atomics.load(memory.bytes, gpa + 5) & 1, 0, 'the guest sees no pending message');
+      }
+      return original(array, index, value);
+    }) as typeof Atomics.or;
+    try {
+      synic.postMessage(0, VMBUS_SINT, 2, payloadOf(4, 2));
+    } finally {
+      (Atomics as { or: typeof Atomics.or }).or = original;
+    }
+    assert.equal(raced, 1);
+    assert.equal(slotType(gpa), 2, 'delivered without an EOM');
+    assert.equal(synic.queuedMessages(0, VMBUS_SINT), 0);
+    assert.equal(injected.length, 2);
+  });
+
   test('messages for one VP never land in another VP\'s page', () => {
     const { synic, injected } = rig();
     enableAll(synic, 0);
@@ -593,9 +622,12 @@ describe('SynIC delivery model (fast-check)', () => {
               const payload = payloadOf(a.length, seq++);
               const ok = synic.postMessage(a.vp, a.sint, type, payload);
               assert.equal(ok, queued < MAX_QUEUED, `post with ${queued} queued`);
-              if (ok) accepted.get(key(a.vp, a.sint))!.push({ type: type >>> 0, payload });
-              else assert.match(logs[logs.length - 1]!, /queue full/);
-              stalled.delete(key(a.vp, a.sint));
+              if (ok) {
+                accepted.get(key(a.vp, a.sint))!.push({ type: type >>> 0, payload });
+                stalled.delete(key(a.vp, a.sint)); // an accepted post looks at the slot again
+              } else {
+                assert.match(logs[logs.length - 1]!, /queue full/);
+              }
               break;
             }
             case 'consume':

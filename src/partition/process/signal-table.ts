@@ -14,7 +14,8 @@ export class SignalTable {
 
   /** The eventfd for connectionId, or -1. */
   lookup(connectionId: number): number {
-    const key = (connectionId | 0) + 1;
+    const key = keyOf(connectionId);
+    if (key === EMPTY) return -1;
     for (let i = 0, slot = home(connectionId); i < SIGNAL_TABLE_ENTRIES; i++, slot = (slot + 1) % SIGNAL_TABLE_ENTRIES) {
       const k = Atomics.load(this.words, slot * 2);
       if (k === EMPTY) return -1;
@@ -24,7 +25,8 @@ export class SignalTable {
   }
 
   set(connectionId: number, fd: number): void {
-    const key = (connectionId | 0) + 1;
+    const key = keyOf(connectionId);
+    if (key === EMPTY) throw new RangeError(`connection id ${connectionId} cannot be held in the signal table`);
     let free = -1;
     for (let i = 0, slot = home(connectionId); i < SIGNAL_TABLE_ENTRIES; i++, slot = (slot + 1) % SIGNAL_TABLE_ENTRIES) {
       const k = Atomics.load(this.words, slot * 2);
@@ -45,7 +47,8 @@ export class SignalTable {
   }
 
   delete(connectionId: number): void {
-    const key = (connectionId | 0) + 1;
+    const key = keyOf(connectionId);
+    if (key === EMPTY) return;
     for (let i = 0, slot = home(connectionId); i < SIGNAL_TABLE_ENTRIES; i++, slot = (slot + 1) % SIGNAL_TABLE_ENTRIES) {
       const k = Atomics.load(this.words, slot * 2);
       if (k === EMPTY) return;
@@ -55,6 +58,16 @@ export class SignalTable {
       }
     }
   }
+}
+
+/**
+ * The stored key of a connection id (id + 1), or EMPTY for an id the table cannot hold: the
+ * guest chooses the id of HvSignalEvent, and one that mapped onto EMPTY or TOMBSTONE (or
+ * wrapped past int32) would match a free or deleted entry and hand out a stale fd.
+ * Real connection ids use bits 0-23 only.
+ */
+function keyOf(connectionId: number): number {
+  return Number.isInteger(connectionId) && connectionId >= 0 && connectionId < 0x7fffffff ? connectionId + 1 : EMPTY;
 }
 
 function home(connectionId: number): number {
