@@ -112,3 +112,26 @@ test('MODIFYCHANNEL moves a channel to another VP and its interrupts follow', as
     await t.vm.stop();
   }
 });
+
+test('sub-channels are offered with the primary\'s GUIDs and attach to the primary in the guest', async () => {
+  const t = createTestVm();
+  try {
+    await t.vm.start();
+    const primary = t.vm.server.channelInfo().find((c) => c.name === 'kvp')!;
+    const relid = t.vm.server.addSubchannel(t.devices.kvp, 1);
+    assert.throws(() => t.vm.server.addSubchannel(t.devices.kvp, 1), /already has sub-channel 1/);
+    assert.throws(() => t.vm.server.addSubchannel(t.devices.kvp, 0), /1\.\.65535/);
+    const offer = await t.waitForReport((r) => r.event === 'offer' && r.relid === relid);
+    assert.deepEqual(offer, { event: 'offer', relid, class: primary.classId, instance: primary.instanceId });
+    const state = (await t.vm.request({ op: 'state' })) as { channels: { relid: number; subChannelIndex: number; primary: number | null }[] };
+    assert.deepEqual(state.channels.find((c) => c.relid === relid), { ...state.channels.find((c) => c.relid === relid), subChannelIndex: 1, primary: primary.relid });
+    assert.equal(t.vm.server.channelInfo().find((c) => c.relid === relid)!.subChannelIndex, 1);
+    // Reconnect: the sub-channel is offered again, after its primary.
+    await t.vm.request({ op: 'unload', closeChannels: true });
+    await t.vm.request({ op: 'boot' });
+    const again = (await t.vm.request({ op: 'state' })) as { channels: { relid: number; primary: number | null }[] };
+    assert.equal(again.channels.find((c) => c.relid === relid)!.primary, primary.relid);
+  } finally {
+    await t.vm.stop();
+  }
+});

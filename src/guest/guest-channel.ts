@@ -28,6 +28,8 @@ export class GuestChannel {
   readonly subChannelIndex: number;
   readonly dedicatedInterrupt: boolean;
   rescinded = false;
+  /** For a sub-channel, its primary channel. */
+  primary: GuestChannel | null = null;
   targetVp = 0;
   ring: RingChannel | null = null;
   ringGpadl = 0;

@@ -198,11 +198,21 @@ export class VmbusClient extends EventEmitter<ClientEvents> {
       this.log(`duplicate offer for relid ${offer.childRelid} ignored`);
       return;
     }
-    for (const c of this.channels.values()) {
-      if (c.classId === offer.interfaceId && c.instanceId === offer.instanceId && offer.subChannelIndex === 0) {
-        this.log(`offer ${offer.childRelid} duplicates relid ${c.relid}'s device and is not a sub-channel: ignored`);
+    const primary = [...this.channels.values()].find((c) => c.classId === offer.interfaceId && c.instanceId === offer.instanceId && c.subChannelIndex === 0);
+    if (primary) {
+      if (offer.subChannelIndex === 0) {
+        this.log(`offer ${offer.childRelid} duplicates relid ${primary.relid}'s device and is not a sub-channel: ignored`);
         return;
       }
+      // A sub-channel: it belongs to the primary's driver (Linux's sc_creation_callback).
+      const sub = new GuestChannel(this, offer);
+      sub.primary = primary;
+      this.channels.set(sub.relid, sub);
+      this.emit('offer', { relid: sub.relid, classId: sub.classId, instanceId: sub.instanceId });
+      const driver = this.bound.get(primary.relid);
+      if (driver) this.bound.set(sub.relid, driver);
+      if (driver?.subchannel) this.probes.push(driver.subchannel(primary, sub).catch((e) => this.log(`sub-channel ${sub.relid} of ${driver.name} failed: ${(e as Error).message}`)));
+      return;
     }
     const channel = new GuestChannel(this, offer);
     this.channels.set(channel.relid, channel);

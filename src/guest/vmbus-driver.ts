@@ -9,4 +9,6 @@ export interface VmbusDriver {
   probe(channel: GuestChannel): Promise<void>;
   /** Undo probe: close the channel. Called on unload, rescind and guest shutdown. */
   remove(channel: GuestChannel): Promise<void>;
+  /** A sub-channel of a bound primary was offered (multi-queue drivers open it here). */
+  subchannel?(primary: GuestChannel, sub: GuestChannel): Promise<void>;
 }

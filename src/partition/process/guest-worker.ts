@@ -48,7 +48,7 @@ async function handle(request: GuestRequest): Promise<unknown> {
     case 'power-off': return powerOff(request.reason);
     case 'state': return {
       version: guest.client.negotiatedVersion,
-      channels: [...guest.client.channels.values()].map((c) => ({ relid: c.relid, class: c.classId, open: c.isOpen, targetVp: c.targetVp, stats: c.ring?.stats })),
+      channels: [...guest.client.channels.values()].map((c) => ({ relid: c.relid, class: c.classId, subChannelIndex: c.subChannelIndex, primary: c.primary?.relid ?? null, open: c.isOpen, targetVp: c.targetVp, stats: c.ring?.stats })),
       freePages: guest.allocator.freePages,
       synic: guest.client.synic.stats,
       client: guest.client.stats,

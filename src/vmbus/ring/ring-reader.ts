@@ -10,6 +10,9 @@ import { DESCRIPTOR_OFFSET8_MIN, DESCRIPTOR_SIZE, PACKET_MAX_LEN8, PACKET_TRAILE
 import { RingCorruptError } from './ring-errors.js';
 import { RING_FEATURE_PENDING_SEND_SIZE, RingMemory, RingWord } from './ring-memory.js';
 
+/** Up to this many bytes, copyPayload/copyHeader copy word by word instead of calling set(). */
+const SMALL_COPY = 256;
+
 export interface RingReaderOptions {
   /** Largest len8 * 8 (descriptor + header + payload, without trailer) accepted; a larger one is corruption. */
   maxPacketBytes?: number;
@@ -56,6 +59,8 @@ export class RingReader {
   private readonly maxPacketSize: number;
   private readonly view = new PacketView();
   private viewValid = false;
+  private copyTarget: Uint8Array | null = null;
+  private copyTarget32: Uint32Array | null = null;
 
   /** Where the next packet starts (local; published by commit()). */
   private readPos: number;
@@ -214,6 +219,24 @@ export class RingReader {
     const n = Math.min(length, target.length);
     if (n === 0) return 0;
     const room = this.data.length - offset;
+    if (n <= SMALL_COPY && n <= room) {
+      // Small copies: a word loop beats subarray + set, whose view allocation and builtin
+      // call cost more than the copy itself. Ring offsets are 8-aligned; the target's
+      // word view is cached because callers reuse one buffer.
+      if (target !== this.copyTarget) {
+        this.copyTarget = target;
+        this.copyTarget32 = (target.byteOffset & 3) === 0 ? new Uint32Array(target.buffer, target.byteOffset, target.length >>> 2) : null;
+      }
+      const t32 = this.copyTarget32;
+      if (t32 !== null) {
+        const words = n >>> 2;
+        const w = this.words;
+        const from = offset >>> 2;
+        for (let k = 0; k < words; k++) t32[k] = w[from + k]!;
+        for (let k = words << 2; k < n; k++) target[k] = this.data[offset + k]!;
+        return n;
+      }
+    }
     if (n <= room) {
       target.set(this.data.subarray(offset, offset + n));
     } else {

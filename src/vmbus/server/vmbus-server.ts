@@ -58,6 +58,7 @@ export interface ServerEvents {
 
 export interface ChannelInfo {
   relid: number;
+  subChannelIndex: number;
   name: string;
   classId: string;
   instanceId: string;
@@ -102,12 +103,29 @@ export class VmbusServer extends EventEmitter<ServerEvents> {
 
   /** Adds a device; offered at once if the guest already asked for offers. Returns its relid. */
   addDevice(device: VmbusDevice): number {
+    return this.addChannel(device, 0);
+  }
+
+  /**
+   * Offers sub-channel `index` (1..) of a device whose primary channel exists: same class
+   * and instance GUIDs, so the guest attaches it to the primary (multi-queue storage and
+   * network). Devices call this when the guest asks for sub-channels in their protocol.
+   */
+  addSubchannel(device: VmbusDevice, index: number): number {
+    if (!Number.isInteger(index) || index < 1 || index > 0xffff) throw new RangeError(`sub-channel index ${index} must be 1..65535`);
+    const siblings = [...this.channels.values()].filter((c) => c.device === device && c.state !== 'rescinded');
+    if (!siblings.some((c) => c.subChannelIndex === 0)) throw new Error(`${device.name} has no primary channel`);
+    if (siblings.some((c) => c.subChannelIndex === index)) throw new Error(`${device.name} already has sub-channel ${index}`);
+    return this.addChannel(device, index);
+  }
+
+  private addChannel(device: VmbusDevice, subChannelIndex: number): number {
     const relid = this.freeRelid();
     const channel: ServerChannel = {
       relid,
       connectionId: EVENT_CONNECTION_BASE + relid,
       device,
-      subChannelIndex: 0,
+      subChannelIndex,
       state: 'offered',
       offered: false,
       open: null,
@@ -138,6 +156,7 @@ export class VmbusServer extends EventEmitter<ServerEvents> {
   channelInfo(): ChannelInfo[] {
     return [...this.channels.values()].map((c) => ({
       relid: c.relid,
+      subChannelIndex: c.subChannelIndex,
       name: c.device.name,
       classId: c.device.classId,
       instanceId: c.device.instanceId,
