@@ -6,9 +6,9 @@ import { SynicMsr, MESSAGE_SLOT_SIZE, EVENT_FLAGS_AREA_SIZE, HVMSG_NONE } from '
 import { PAGE_SIZE } from '../memory/page.js';
 import type { GuestHypervisor } from './hypervisor.js';
 import type { PageAllocator } from './page-allocator.js';
+import { VMBUS_MESSAGE_SINT } from '../vmbus/message-transport.js';
 
 export const HYPERVISOR_CALLBACK_VECTOR = 0xf3;
-export const VMBUS_MESSAGE_SINT = 2;
 const MAX_RELID = 2048;
 
 export interface SynicHandlers {

@@ -11,16 +11,13 @@ import { decodeMessage, encodeMessage, type ChannelMessage, type OfferChannelMes
 import { encodeGpadl } from '../vmbus/gpadl-messages.js';
 import { formatVersion, VMBUS_VERSIONS_LINUX, VERSION_WIN10_V4_1, VERSION_WIN10_V5, VERSION_WIN10_V5_3, VERSION_WIN8_1, versionAtLeast } from '../vmbus/versions.js';
 import { GuestChannel } from './guest-channel.js';
-import { GuestSynic, VMBUS_MESSAGE_SINT } from './guest-synic.js';
+import { GuestSynic } from './guest-synic.js';
+import { MAX_RELID, MESSAGE_CONNECTION_ID, MESSAGE_CONNECTION_ID_4, VMBUS_MESSAGE_SINT, VMBUS_MESSAGE_TYPE } from '../vmbus/message-transport.js';
 import type { GuestHypervisor } from './hypervisor.js';
 import { PageAllocator } from './page-allocator.js';
 import type { VmbusDriver } from './vmbus-driver.js';
 
-const MESSAGE_CONNECTION_ID = 1;
-const MESSAGE_CONNECTION_ID_4 = 4;
-const VMBUS_MESSAGE_TYPE = 1;
 const FIRST_GPADL_HANDLE = 0xe1e10;
-const MAX_RELID = 2047;
 /** VP index of CPU 0, which gets every control message (VMBUS_CONNECT_CPU). */
 const CONNECT_VP = 0;
 

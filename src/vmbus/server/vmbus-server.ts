@@ -12,18 +12,12 @@ import type { Partition } from '../../partition/partition.js';
 import { decodeMessage, encodeMessage, type ChannelMessage } from '../channel-messages.js';
 import { GpadlAssembler } from '../gpadl-messages.js';
 import { formatVersion, VMBUS_VERSIONS_LINUX, VERSION_WIN10_V4_1, VERSION_WIN10_V5, VERSION_WIN10_V5_3, VERSION_WIN8, VERSION_WIN8_1, versionAtLeast } from '../versions.js';
+import { MAX_RELID, MESSAGE_CONNECTION_ID, MESSAGE_CONNECTION_ID_4, VMBUS_MESSAGE_SINT, VMBUS_MESSAGE_TYPE } from '../message-transport.js';
 import type { ServerGpadl } from './gpadl.js';
 import type { ServerChannel } from './server-channel.js';
 import type { ChannelCounters, OpenChannel, VmbusDevice } from './vmbus-device.js';
 import { ringMemoryFromBuffer, RingWord, type RingMemory } from '../ring/ring-memory.js';
 
-/** HvPostMessage connection ids the guest uses for channel messages. */
-export const MESSAGE_CONNECTION_ID = 1;
-export const MESSAGE_CONNECTION_ID_4 = 4;
-/** The message type of VMBus channel messages in HvPostMessage and SynIC slots. */
-export const VMBUS_MESSAGE_TYPE = 1;
-export const VMBUS_MESSAGE_SINT = 2;
-const MAX_RELID = 2047;
 const EVENT_CONNECTION_BASE = 0x2000;
 const STATUS_UNSUCCESSFUL = 0xc0000001;
 const STATUS_INVALID_PARAMETER = 0xc000000d;
