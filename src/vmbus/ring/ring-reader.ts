@@ -11,7 +11,7 @@ import { RingCorruptError } from './ring-errors.js';
 import { RING_FEATURE_PENDING_SEND_SIZE, RingMemory, RingWord } from './ring-memory.js';
 
 /** Up to this many bytes, copyPayload/copyHeader copy word by word instead of calling set(). */
-const SMALL_COPY = 256;
+const SMALL_COPY = 128;
 
 export interface RingReaderOptions {
   /** Largest len8 * 8 (descriptor + header + payload, without trailer) accepted; a larger one is corruption. */
@@ -56,7 +56,7 @@ export class RingReader {
   private readonly words: Uint32Array;
   private readonly size: number;
   private readonly doubleMapped: boolean;
-  private readonly maxPacketSize: number;
+  private readonly maxPacketBytes: number;
   private readonly view = new PacketView();
   private viewValid = false;
   private copyTarget: Uint8Array | null = null;
@@ -79,7 +79,7 @@ export class RingReader {
     }
     this.words = new Uint32Array(this.data.buffer, this.data.byteOffset, this.data.length >>> 2);
     const limit = Math.min(this.size - PACKET_TRAILER_SIZE, PACKET_MAX_LEN8 * 8);
-    this.maxPacketSize = Math.min(options.maxPacketBytes ?? limit, limit);
+    this.maxPacketBytes = Math.min(options.maxPacketBytes ?? limit, limit);
     this.readPos = this.validate(Atomics.load(this.header, RingWord.ReadIndex), 'read_index');
     this.committed = this.readPos;
     this.cachedWrite = this.readPos;
@@ -101,7 +101,7 @@ export class RingReader {
     let avail = write - p;
     if (avail < 0) avail += this.size;
     if (avail < DESCRIPTOR_SIZE + PACKET_TRAILER_SIZE) {
-      throw new RingCorruptError(`only ${avail} bytes published at ${p}, less than a packet`);
+      throw new RingCorruptError(`ring holds only ${avail} bytes at ${p}, less than a packet`);
     }
     // Each 8-byte half of the descriptor is contiguous (p is a multiple of 8); the second
     // half may sit across the seam of a single mapping.
@@ -116,14 +116,14 @@ export class RingReader {
     const offset8 = word0 >>> 16;
     const len8 = word1 & 0xffff;
     if (offset8 < DESCRIPTOR_OFFSET8_MIN || offset8 > len8) {
-      throw new RingCorruptError(`descriptor at ${p} has offset8 ${offset8} and len8 ${len8}`);
+      throw new RingCorruptError(`ring descriptor at ${p} has offset8 ${offset8} and len8 ${len8}`);
     }
     const length = len8 * 8;
     if (length + PACKET_TRAILER_SIZE > avail) {
-      throw new RingCorruptError(`packet of ${length} bytes at ${p} runs past the ${avail} bytes published`);
+      throw new RingCorruptError(`ring packet of ${length} bytes at ${p} runs past the ${avail} bytes published`);
     }
-    if (length > this.maxPacketSize) {
-      throw new RingCorruptError(`packet of ${length} bytes at ${p} exceeds the maximum of ${this.maxPacketSize}`);
+    if (length > this.maxPacketBytes) {
+      throw new RingCorruptError(`ring packet of ${length} bytes at ${p} exceeds the maximum of ${this.maxPacketBytes}`);
     }
 
     const v = this.view;
@@ -262,7 +262,7 @@ export class RingReader {
 
   private validate(index: number, name: string): number {
     if (index < 0 || index >= this.size || (index & 7) !== 0) {
-      throw new RingCorruptError(`${name} ${index >>> 0} is not a multiple of 8 below the data size ${this.size}`);
+      throw new RingCorruptError(`ring ${name} ${index >>> 0} is not a multiple of 8 below the data size ${this.size}`);
     }
     return index;
   }

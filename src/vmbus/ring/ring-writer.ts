@@ -2,9 +2,9 @@
 // hv_signal_on_write). The host sends on the guest-inbound ring, the reference guest on
 // its outbound ring: the same class serves both.
 //
-// The writer owns write_index and reads read_index, interrupt_mask and feature_bits,
-// which the other side owns and may set to anything: read_index is validated on every
-// load and no write ever leaves the data area.
+// The writer owns write_index and pending_send_sz and reads read_index and
+// interrupt_mask, which the other side owns and may set to anything: read_index is
+// validated on every load, and every write lands inside the data area whatever it says.
 import {
   DESCRIPTOR_OFFSET8_MIN,
   DESCRIPTOR_SIZE,
@@ -45,24 +45,22 @@ export class RingWriter {
   private writePos: number;
   /** The write_index the reader can see: the "old write index" for the signal decision. */
   private published: number;
-  /** The last read_index loaded; the reader only moves it forward, so free space computed from it is a lower bound. */
+  /**
+   * The last read_index loaded. An honest reader only moves it forward, so free space
+   * computed from it is a lower bound and it is reloaded only when a packet seems not to
+   * fit; a dishonest one can only make us overwrite its own unread data.
+   */
   private cachedRead: number;
   private batching = false;
 
+  /** Where the packet being written ends (trailer included): writePos once it is committed. */
+  private packetEnd = 0;
   // The open reservation (reserve() .. commit()), if any.
   private reserved = false;
-  private reservedEnd = 0;
+  private reservedTarget: Uint8Array;
   private reservedBody = 0;
   private reservedBodyBytes = 0;
   private scratch: Uint8Array | null = null;
-
-  /**
-   * Where reserve()'s caller writes: mem.data, except for a single-mapped ring whose
-   * packet body would cross the end of the data area. Then it is a scratch buffer that
-   * commit() copies into the ring in two pieces (one extra copy, only for packets that
-   * wrap; a double-mapped ring never needs it).
-   */
-  target: Uint8Array;
 
   constructor(readonly mem: RingMemory) {
     this.header = mem.header;
@@ -74,11 +72,21 @@ export class RingWriter {
     }
     this.words = new Uint32Array(this.data.buffer, this.data.byteOffset, this.data.length >>> 2);
     this.words64 = new BigUint64Array(this.data.buffer, this.data.byteOffset, this.data.length >>> 3);
-    this.target = this.data;
+    this.reservedTarget = this.data;
     // Our own index lives in guest memory too: trust it no more than the other one.
     this.writePos = this.validate(Atomics.load(this.header, RingWord.WriteIndex), 'write_index');
     this.published = this.writePos;
     this.cachedRead = this.loadReadIndex();
+  }
+
+  /**
+   * Where reserve()'s caller writes: mem.data, except for a single-mapped ring whose
+   * packet body would cross the end of the data area. Then it is a scratch buffer that
+   * commit() copies into the ring in two pieces (one extra copy, only for packets that
+   * wrap; a double-mapped ring never needs it).
+   */
+  get target(): Uint8Array {
+    return this.reservedTarget;
   }
 
   /** Ring bytes a packet with this much header + payload takes (what canWrite and setPendingSend want). */
@@ -100,8 +108,11 @@ export class RingWriter {
   /**
    * Writes one packet. header (the type-specific header) must be a multiple of 8 bytes;
    * the payload is padded with zeros. Outside a batch the packet is published at once.
+   * A transaction id given as a number must be a non-negative safe integer (no BigInt on
+   * the hot path); ids beyond 2^53 (storvsc's U64_MAX - 2) need the bigint form.
    */
   tryWrite(type: number, flags: number, transactionId: bigint | number, header: Uint8Array | null, payload: Uint8Array | null): WriteResult {
+    if (this.reserved) throw new Error('tryWrite() called while a reservation is open');
     const headerBytes = header === null ? 0 : header.length;
     const payloadBytes = payload === null ? 0 : payload.length;
     const body = this.begin(type, flags, transactionId, headerBytes, headerBytes + payloadBytes);
@@ -123,7 +134,7 @@ export class RingWriter {
     if (body < 0) return -1;
     this.reserved = true;
     if (this.doubleMapped || body + headerAndPayloadBytes <= this.size) {
-      this.target = this.data;
+      this.reservedTarget = this.data;
       return body;
     }
     // Single mapping and the body crosses the seam: stage it.
@@ -132,7 +143,7 @@ export class RingWriter {
     }
     this.reservedBody = body;
     this.reservedBodyBytes = headerAndPayloadBytes;
-    this.target = this.scratch;
+    this.reservedTarget = this.scratch;
     return 0;
   }
 
@@ -140,9 +151,9 @@ export class RingWriter {
   commit(): WriteResult {
     if (!this.reserved) throw new Error('commit() without reserve()');
     this.reserved = false;
-    if (this.target !== this.data) {
-      this.copyIn(this.target.subarray(0, this.reservedBodyBytes), this.reservedBody);
-      this.target = this.data;
+    if (this.reservedTarget !== this.data) {
+      this.copyIn(this.reservedTarget.subarray(0, this.reservedBodyBytes), this.reservedBody);
+      this.reservedTarget = this.data;
     }
     return this.finish();
   }
@@ -150,7 +161,7 @@ export class RingWriter {
   /** Drops an open reservation: nothing of it was published. */
   cancel(): void {
     this.reserved = false;
-    this.target = this.data;
+    this.reservedTarget = this.data;
   }
 
   /**
@@ -201,12 +212,12 @@ export class RingWriter {
 
   /** Descriptor, padding and trailer; returns the ring position of the body or -1 if full. */
   private begin(type: number, flags: number, transactionId: bigint | number, headerBytes: number, bodyBytes: number): number {
-    if ((headerBytes & 7) !== 0 || headerBytes < 0 || bodyBytes < headerBytes) {
+    if (!Number.isInteger(headerBytes) || !Number.isInteger(bodyBytes) || (headerBytes & 7) !== 0 || headerBytes < 0 || bodyBytes < headerBytes) {
       throw new RangeError(`type-specific header must be a multiple of 8 bytes within the body, got ${headerBytes} of ${bodyBytes}`);
     }
-    const len8 = (DESCRIPTOR_SIZE + bodyBytes + 7) >>> 3;
+    const len8 = Math.ceil((DESCRIPTOR_SIZE + bodyBytes) / 8);
     const total = len8 * 8 + PACKET_TRAILER_SIZE;
-    if (len8 > PACKET_MAX_LEN8 || total >= this.size || !(bodyBytes >= 0)) {
+    if (len8 > PACKET_MAX_LEN8 || total >= this.size) {
       throw new RangeError(`packet of ${bodyBytes} bytes can never fit a ring of ${this.size} bytes`);
     }
     if (this.freeFrom(this.cachedRead) <= total && this.free() <= total) return -1;
@@ -237,12 +248,12 @@ export class RingWriter {
     i = this.wrap(packetEnd) >>> 2;
     w[i] = 0;
     w[i + 1] = start;
-    this.reservedEnd = this.wrap(packetEnd + PACKET_TRAILER_SIZE);
+    this.packetEnd = this.wrap(packetEnd + PACKET_TRAILER_SIZE);
     return this.wrap(start + DESCRIPTOR_SIZE);
   }
 
   private finish(): WriteResult {
-    this.writePos = this.reservedEnd;
+    this.writePos = this.packetEnd;
     return this.batching ? WriteResult.WRITTEN : this.publish();
   }
 
@@ -293,7 +304,7 @@ export class RingWriter {
   private validate(index: number, name: string): number {
     // Atomics.load on an Int32Array: values >= 2^31 arrive negative and fail the range check.
     if (index < 0 || index >= this.size || (index & 7) !== 0) {
-      throw new RingCorruptError(`${name} ${index >>> 0} is not a multiple of 8 below the data size ${this.size}`);
+      throw new RingCorruptError(`ring ${name} ${index >>> 0} is not a multiple of 8 below the data size ${this.size}`);
     }
     return index;
   }
