@@ -7,6 +7,7 @@
 // descriptor are validated before use, each descriptor word is loaded once (the writer
 // may rewrite it while we look), and a broken ring raises RingCorruptError.
 import { DESCRIPTOR_OFFSET8_MIN, DESCRIPTOR_SIZE, PACKET_MAX_LEN8, PACKET_TRAILER_SIZE } from '../packet.js';
+import { checkedRingIndex, ringFreeBytes } from './ring-index.js';
 import { RingCorruptError } from './ring-errors.js';
 import { RING_FEATURE_PENDING_SEND_SIZE, RingMemory, RingWord } from './ring-memory.js';
 
@@ -247,9 +248,7 @@ export class RingReader {
   }
 
   private freeFrom(write: number, read: number): number {
-    let used = write - read;
-    if (used < 0) used += this.size;
-    return this.size - used;
+    return ringFreeBytes(write, read, this.size);
   }
 
   private wrap(pos: number): number {
@@ -261,9 +260,6 @@ export class RingReader {
   }
 
   private validate(index: number, name: string): number {
-    if (index < 0 || index >= this.size || (index & 7) !== 0) {
-      throw new RingCorruptError(`ring ${name} ${index >>> 0} is not a multiple of 8 below the data size ${this.size}`);
-    }
-    return index;
+    return checkedRingIndex(index, this.size, name);
   }
 }

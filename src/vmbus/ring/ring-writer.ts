@@ -11,7 +11,7 @@ import {
   PACKET_MAX_LEN8,
   PACKET_TRAILER_SIZE,
 } from '../packet.js';
-import { RingCorruptError } from './ring-errors.js';
+import { checkedRingIndex, ringFreeBytes } from './ring-index.js';
 import { RingMemory, RingWord } from './ring-memory.js';
 
 /** What a write did. Plain numbers so the hot path allocates nothing. */
@@ -288,9 +288,7 @@ export class RingWriter {
   }
 
   private freeFrom(read: number): number {
-    let used = this.writePos - read;
-    if (used < 0) used += this.size;
-    return this.size - used;
+    return ringFreeBytes(this.writePos, read, this.size);
   }
 
   private wrap(pos: number): number {
@@ -302,10 +300,6 @@ export class RingWriter {
   }
 
   private validate(index: number, name: string): number {
-    // Atomics.load on an Int32Array: values >= 2^31 arrive negative and fail the range check.
-    if (index < 0 || index >= this.size || (index & 7) !== 0) {
-      throw new RingCorruptError(`ring ${name} ${index >>> 0} is not a multiple of 8 below the data size ${this.size}`);
-    }
-    return index;
+    return checkedRingIndex(index, this.size, name);
   }
 }
