@@ -3,7 +3,8 @@
 import koffi from 'koffi';
 import { SysError } from './errors.js';
 
-const libc = koffi.load('libc.so.6');
+/** The C library, for the other files of this layer (src/sys) to declare their own calls. */
+export const libc = koffi.load('libc.so.6');
 
 export const raw = {
   memfd_create: libc.func('int memfd_create(const char *name, unsigned int flags)'),

@@ -46,3 +46,8 @@ export function mapSharedAt(address: bigint, fd: number, length: number, offset:
 }
 
 export { viewOf };
+
+/** Private zeroed read-write memory (native buffers the kernel reads: iovecs, io_uring rings). */
+export function mapAnonymous(length: number): bigint {
+  return mmap(0n, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+}
