@@ -3,7 +3,15 @@
 import os from 'node:os';
 import path from 'node:path';
 
-export type ApiRequest = { op: 'shutdown'; kind?: 'shutdown' | 'restart' } | { op: 'inspect' } | { op: 'status' };
+export type ApiRequest =
+  | { op: 'shutdown'; kind?: 'shutdown' | 'restart' }
+  | { op: 'inspect' }
+  | { op: 'status' }
+  /** Hot-add a disk: spec as for --disk (PATH[,readonly][,format=raw|vhdx]). */
+  | { op: 'disk-add'; spec: string }
+  /** Hot-remove the disk at a LUN. */
+  | { op: 'disk-remove'; lun: number }
+  | { op: 'disk-list' };
 
 export type ApiReply = { ok: true; result: unknown } | { ok: false; error: string };
 

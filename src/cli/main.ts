@@ -6,6 +6,10 @@ import { inspectCommand } from './inspect-command.js';
 import { runCommand } from './run-command.js';
 import { UsageError } from './usage-error.js';
 
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
 function program(): Command {
   const root = new Command('enlighten')
     .description('Hyper-V enlightened I/O host: a VMBus server with synthetic devices, on a process partition (reference guest) or KVM')
@@ -25,9 +29,45 @@ function program(): Command {
     .option('--guest-vmbus-version <major.minor>', "newest VMBus version the reference guest tries (Linux's max_version)")
     .option('--name <name>', 'VM name, for the control socket', 'default')
     .option('--api-socket <path>', 'control socket path (default: derived from --name)')
+    .option('--disk <spec>', 'attach a disk image as the next SCSI LUN: PATH[,readonly][,format=raw|vhdx] (repeatable; PATH memory:SIZE is a RAM disk)', collect, [])
+    .option('--expose-disks <dir>', 'the reference guest surfaces each disk it finds as the file DIR/lun<N> (FUSE)')
     .option('-v, --verbose', 'log host and guest diagnostics to stderr')
     .action(async (options) => {
       process.exitCode = await runCommand(options);
+    });
+
+  const disk = root.command('disk').description("add, remove or list a running VM's disks (SCSI hot-plug)");
+  const socketOf = (options: { apiSocket?: string; name: string }) => options.apiSocket ?? defaultSocketPath(options.name);
+  disk
+    .command('add <spec>')
+    .description('hot-add a disk image: PATH[,readonly][,format=raw|vhdx]')
+    .option('--name <name>', 'VM name', 'default')
+    .option('--api-socket <path>', 'control socket path')
+    .action(async (spec: string, options) => {
+      const result = (await callApi(socketOf(options), { op: 'disk-add', spec })) as { lun: number; path: string };
+      process.stdout.write(`${result.path} attached as LUN ${result.lun}\n`);
+    });
+  disk
+    .command('remove <lun>')
+    .description('hot-remove the disk at a LUN')
+    .option('--name <name>', 'VM name', 'default')
+    .option('--api-socket <path>', 'control socket path')
+    .action(async (lunText: string, options) => {
+      const lun = Number(lunText);
+      if (!Number.isInteger(lun) || lun < 0 || lun > 255) throw new UsageError(`LUN must be a whole number from 0 to 255, not '${lunText}'`);
+      const result = (await callApi(socketOf(options), { op: 'disk-remove', lun })) as { lun: number; path: string };
+      process.stdout.write(`LUN ${result.lun} (${result.path}) removed\n`);
+    });
+  disk
+    .command('list')
+    .description('list the attached disks')
+    .option('--name <name>', 'VM name', 'default')
+    .option('--api-socket <path>', 'control socket path')
+    .option('--json', 'JSON output')
+    .action(async (options) => {
+      const disks = (await callApi(socketOf(options), { op: 'disk-list' })) as { lun: number; path: string; format: string; readOnly: boolean; sizeBytes: number }[];
+      if (options.json) process.stdout.write(`${JSON.stringify(disks)}\n`);
+      else for (const d of disks) process.stdout.write(`LUN ${d.lun}  ${d.format}  ${d.sizeBytes} bytes${d.readOnly ? '  read-only' : ''}  ${d.path}\n`);
     });
 
   root

@@ -9,6 +9,10 @@ import { createStandardDevices, type StandardDevices } from '../vm/standard-devi
 import { vmStatus } from '../vm/vm-status.js';
 import { parseVersion, VMBUS_VERSIONS_LINUX } from '../vmbus/versions.js';
 import { parseSize } from './sizes.js';
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseDiskSpec, type DiskSpec } from '../vm/disk-spec.js';
+import { VmStorage } from '../vm/vm-storage.js';
 import { UsageError } from './usage-error.js';
 
 export interface RunOptions {
@@ -22,6 +26,8 @@ export interface RunOptions {
   name: string;
   apiSocket?: string;
   verbose?: boolean;
+  disk?: string[];
+  exposeDisks?: string;
 }
 
 const MIN_MEMORY = 16 * 1024 * 1024;
@@ -37,6 +43,8 @@ export interface ValidatedRun {
   guestMaxVersion?: number;
   socketPath: string;
   verbose: boolean;
+  disks: DiskSpec[];
+  exposeDisks?: string;
 }
 
 export function validateRunOptions(o: RunOptions): ValidatedRun {
@@ -77,7 +85,26 @@ export function validateRunOptions(o: RunOptions): ValidatedRun {
     guestMaxVersion: version('--guest-vmbus-version', o.guestVmbusVersion),
     socketPath: o.apiSocket ?? defaultSocketPath(o.name),
     verbose: o.verbose ?? false,
+    disks: (o.disk ?? []).map((text) => {
+      try {
+        return parseDiskSpec(text);
+      } catch (e) {
+        throw new UsageError(`--disk: ${(e as Error).message}`);
+      }
+    }),
+    exposeDisks: o.exposeDisks === undefined ? undefined : existingDirectory('--expose-disks', o.exposeDisks),
   };
+}
+
+function existingDirectory(flag: string, dir: string): string {
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(dir);
+  } catch {
+    throw new UsageError(`${flag}: '${dir}' does not exist (create the directory first)`);
+  }
+  if (!stat.isDirectory()) throw new UsageError(`${flag}: '${dir}' is not a directory`);
+  return path.resolve(dir);
 }
 
 export async function runCommand(options: RunOptions): Promise<number> {
@@ -90,14 +117,18 @@ export async function runCommand(options: RunOptions): Promise<number> {
     if (run.verbose) process.stderr.write(`enlighten: ${message}\n`);
   };
   let devices: StandardDevices | null = null;
+  // Assigned while the VM is constructed (the device factory runs synchronously).
+  let disks!: VmStorage;
   const vm = new ProcessVm({
     memoryBytes: run.memoryBytes,
     cpus: run.cpus,
     maxVersion: run.maxVersion,
     guestMaxVersion: run.guestMaxVersion,
+    guestExposeDisks: run.exposeDisks,
     devices: (context) => {
       devices = createStandardDevices({ poller: context.poller, referenceTime: () => context.partition.referenceTime(), log });
-      return devices.all;
+      disks = new VmStorage({ poller: context.poller, server: context.server, cpus: run.cpus, log });
+      return [...devices.all, disks.controller];
     },
     log,
   });
@@ -114,6 +145,17 @@ export async function runCommand(options: RunOptions): Promise<number> {
       case 'shutdown': return shutdown(request.kind ?? 'shutdown');
       case 'inspect':
       case 'status': return vmStatus(vm.server, 'process', run.cpus, run.memoryBytes);
+      case 'disk-add': {
+        const disk = await disks.attach(parseDiskSpec(request.spec));
+        out({ event: 'disk-attached', ...disk }, `host: ${disk.path} attached as LUN ${disk.lun}`);
+        return disk;
+      }
+      case 'disk-remove': {
+        const disk = await disks.detach(request.lun);
+        out({ event: 'disk-detached', ...disk }, `host: LUN ${disk.lun} (${disk.path}) detached`);
+        return disk;
+      }
+      case 'disk-list': return disks.list();
       default: throw new Error(`unknown API operation ${(request as { op: string }).op}`);
     }
   });
@@ -136,6 +178,10 @@ export async function runCommand(options: RunOptions): Promise<number> {
   process.on('SIGTERM', onSignal);
   let code = 1;
   try {
+    for (const spec of run.disks) {
+      const disk = await disks.attach(spec);
+      log(`${disk.path} (${disk.format}, ${disk.sizeBytes} bytes${disk.readOnly ? ', read-only' : ''}) is LUN ${disk.lun}`);
+    }
     const version = await vm.start();
     out({ event: 'ready', version, channels: vm.server.channelInfo().length, api: run.socketPath }, `guest is up: VMBus ${version}; control socket ${run.socketPath}`);
     if (run.stopWhenReady) {
@@ -153,6 +199,10 @@ export async function runCommand(options: RunOptions): Promise<number> {
     process.off('SIGTERM', onSignal);
     api.close();
     await vm.stop();
+    await disks.close().catch((e: Error) => {
+      process.stderr.write(`enlighten: closing the disk images failed: ${e.message}\n`);
+      code = 1;
+    });
   }
   return code;
 }
@@ -181,5 +231,7 @@ function printReport(report: GuestReport, out: (event: Record<string, unknown>, 
     case 'power-off': return out(report, `guest: powered off (${report.reason})`);
     case 'offer': return log(`guest saw offer ${report.relid} ${report.class}`);
     case 'log': return log(`guest: ${report.message}`);
+    case 'disk': return out(report, `guest: disk ${report.name}: ${report.bytes} bytes, ${report.blockBytes}-byte blocks${report.readOnly ? ', read-only' : ''} on ${report.channels} channel(s)`);
+    case 'disk-removed': return out(report, `guest: disk ${report.name} removed`);
   }
 }

@@ -25,6 +25,8 @@ export interface ProcessVmOptions {
   /** How far the guest's clock is off at boot (time sync corrects it). */
   guestClockSkewMs?: number;
   guestHostname?: string;
+  /** The reference guest surfaces each disk it finds as the file DIR/lun<N> (FUSE). */
+  guestExposeDisks?: string;
 }
 
 export interface VmEvents {
