@@ -1,5 +1,5 @@
-// The reference guest's standard driver set: the hv_utils services, built by name (the
-// modules a kernel would load).
+// The reference guest's standard driver set: the hv_utils services and hv_storvsc, built
+// by name (the modules a kernel would load).
 import { IC_SERVICES } from '../devices/ic/ic-protocol.js';
 import type { GuestWorkerOptions } from '../partition/process/guest-control.js';
 import { OffsetGuestClock } from './guest-clock.js';
@@ -9,9 +9,10 @@ import { KvpDriver } from './ic/kvp-driver.js';
 import { ShutdownDriver } from './ic/shutdown-driver.js';
 import { TimesyncDriver } from './ic/timesync-driver.js';
 import type { VmbusDriver } from './vmbus-driver.js';
+import { StorvscDriver } from './storvsc/storvsc-driver.js';
 import type { IcTransport } from '../devices/ic/ic-transport.js';
 
-export const STANDARD_GUEST_DRIVERS = ['heartbeat', 'shutdown', 'timesync', 'kvp'] as const;
+export const STANDARD_GUEST_DRIVERS = ['heartbeat', 'shutdown', 'timesync', 'kvp', 'storvsc'] as const;
 
 export interface GuestDriverHooks {
   onShutdown: (kind: string) => void;
@@ -25,6 +26,7 @@ export interface GuestDriverSet {
   heartbeat: IcVmbusDriver<HeartbeatDriver> | null;
   kvp: IcVmbusDriver<KvpDriver> | null;
   timesync: IcVmbusDriver<TimesyncDriver> | null;
+  storvsc: StorvscDriver | null;
 }
 
 export function createGuestDrivers(options: GuestWorkerOptions, hooks: GuestDriverHooks): GuestDriverSet {
@@ -45,6 +47,7 @@ export function createGuestDrivers(options: GuestWorkerOptions, hooks: GuestDriv
   const kvp = want('kvp')
     ? driver<KvpDriver>('kvp', (t) => new KvpDriver(t, { log, info: { fullyQualifiedDomainName: options.hostname ?? 'enlighten-guest', osName: 'enlighten reference guest', processorArchitecture: 'x86_64' } }))
     : null;
-  const all = [heartbeat, shutdown, timesync, kvp].filter((d): d is NonNullable<typeof d> => d !== null) as VmbusDriver[];
-  return { all, clock, heartbeat, kvp, timesync };
+  const storvsc = want('storvsc') ? new StorvscDriver({ ...options.storvsc, log }) : null;
+  const all = [heartbeat, shutdown, timesync, kvp, storvsc].filter((d): d is NonNullable<typeof d> => d !== null) as VmbusDriver[];
+  return { all, clock, heartbeat, kvp, timesync, storvsc };
 }

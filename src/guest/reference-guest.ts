@@ -3,6 +3,7 @@
 // client and the drivers, and reports what it negotiated and opened.
 import { EventEmitter } from 'node:events';
 import { formatVersion } from '../vmbus/versions.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
 import type { GuestHypervisor } from './hypervisor.js';
 import { PageAllocator } from './page-allocator.js';
 import { VmbusClient } from './vmbus-client.js';
@@ -23,7 +24,22 @@ export type GuestReport =
   | { event: 'rescind'; relid: number }
   | { event: 'unloaded' }
   | { event: 'power-off'; reason: string }
+  | { event: 'disk'; lun: number; name: string; bytes: number; blockBytes: number; readOnly: boolean; writeCache: boolean; fua: boolean; discard: boolean; channels: number }
+  | { event: 'disk-removed'; lun: number; name: string }
   | { event: 'log'; message: string };
+
+/** What a driver that needs the guest's RAM, page allocator or report line gets before boot. */
+export interface GuestContext {
+  memory: GuestMemory;
+  allocator: PageAllocator;
+  vpCount: number;
+  report: (report: GuestReport) => void;
+}
+
+/** A driver that wants the GuestContext implements this (storvsc: scan buffers, disk reports). */
+export interface GuestAttachable {
+  attachGuest(context: GuestContext): void;
+}
 
 export class ReferenceGuest extends EventEmitter<{ report: [GuestReport] }> {
   readonly client: VmbusClient;
@@ -38,7 +54,12 @@ export class ReferenceGuest extends EventEmitter<{ report: [GuestReport] }> {
       this.report({ event: 'log', message });
     };
     this.client = new VmbusClient({ hypervisor: hv, allocator: this.allocator, maxVersion: options.maxVersion, replyTimeoutMs: options.replyTimeoutMs, log });
-    for (const driver of drivers) this.client.registerDriver(driver);
+    const context: GuestContext = { memory: hv.memory, allocator: this.allocator, vpCount: hv.vpCount, report: (r) => this.report(r) };
+    for (const driver of drivers) {
+      const attachable = driver as Partial<GuestAttachable>;
+      if (typeof attachable.attachGuest === 'function') attachable.attachGuest(context);
+      this.client.registerDriver(driver);
+    }
     this.client.on('connected', ({ version }) => this.report({ event: 'vmbus-connected', version }));
     this.client.on('offer', ({ relid, classId, instanceId }) => this.report({ event: 'offer', relid, class: classId, instance: instanceId }));
     this.client.on('channel-open', ({ relid, classId, name }) => this.report({ event: 'channel-open', relid, class: classId, name }));

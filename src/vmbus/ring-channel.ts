@@ -28,19 +28,22 @@ export interface RingChannelOptions {
 interface Backlogged {
   type: number;
   flags: number;
-  transactionId: bigint;
+  transactionId: bigint | number;
+  header: Uint8Array | null;
   payload: Uint8Array;
 }
 
 export class RingChannel {
   readonly reader: RingReader;
   readonly writer: RingWriter;
-  readonly stats = { packetsIn: 0, packetsOut: 0, signalsIn: 0, signalsOut: 0, bytesIn: 0, bytesOut: 0 };
+  /** backlogged: packets that found the ring full and waited for space. */
+  readonly stats = { packetsIn: 0, packetsOut: 0, signalsIn: 0, signalsOut: 0, bytesIn: 0, bytesOut: 0, backlogged: 0 };
   private readonly backlog: Backlogged[] = [];
   private readonly maxBacklog: number;
   private readonly payloadScratch: Uint8Array;
   private broken = false;
   private draining = false;
+  private batching = false;
 
   constructor(private readonly options: RingChannelOptions) {
     const maxPacketBytes = options.maxPacketBytes ?? 65536;
@@ -72,13 +75,15 @@ export class RingChannel {
 
   /**
    * Sends one packet (payload copied into the ring). Returns false if it had to be
-   * dropped because the ring is full and the backlog too.
+   * dropped because the ring is full and the backlog too. `header` is the type-specific
+   * header (a multiple of 8 bytes), e.g. a GPA-direct range list; a transaction id given
+   * as a number must be a non-negative safe integer (no BigInt on a hot path).
    */
-  send(payload: Uint8Array, transactionId: bigint, type: number = PacketType.DataInband, flags = 0): boolean {
+  send(payload: Uint8Array, transactionId: bigint | number, type: number = PacketType.DataInband, flags = 0, header: Uint8Array | null = null): boolean {
     if (this.broken) return false;
     if (this.backlog.length === 0) {
       try {
-        const result = this.writer.tryWrite(type, flags, transactionId, null, payload);
+        const result = this.writer.tryWrite(type, flags, transactionId, header, payload);
         if (result !== WRITE_FULL) {
           this.noteSent(payload.length, result === WRITE_SIGNAL);
           return true;
@@ -92,15 +97,47 @@ export class RingChannel {
       }
     }
     if (this.backlog.length >= this.maxBacklog) return false;
-    this.backlog.push({ type, flags, transactionId, payload: payload.slice() });
+    this.stats.backlogged++;
+    this.backlog.push({ type, flags, transactionId, header: header === null ? null : header.slice(), payload: payload.slice() });
     // Ask the peer to signal once it has freed room for the first waiting packet.
-    if (this.writer.setPendingSend(this.writer.packetBytes(this.backlog[0]!.payload.length))) this.flushBacklog();
+    if (this.writer.setPendingSend(this.writer.packetBytes(backlogBytes(this.backlog[0]!)))) this.flushBacklog();
     return true;
   }
 
-  private noteSent(bytes: number, signal: boolean): void {
-    this.stats.packetsOut++;
-    this.stats.bytesOut += bytes;
+  /**
+   * Starts a batch: packets sent until endBatch() are published together and the peer is
+   * signalled at most once (a driver submitting a burst of requests, as Linux's blk-mq
+   * commit_rqs does). Nested calls are no-ops.
+   */
+  beginBatch(): void {
+    if (this.batching || this.broken) return;
+    this.batching = true;
+    this.writer.beginBatch();
+  }
+
+  /** Publishes the batch and signals the peer if the ring went from empty to non-empty. */
+  endBatch(): void {
+    if (!this.batching) return;
+    this.batching = false;
+    if (this.broken) return;
+    try {
+      if (this.writer.endBatch() === WRITE_SIGNAL) this.noteSent(0, true, false);
+    } catch (e) {
+      if (e instanceof RingCorruptError) this.fail(e);
+      else throw e;
+    }
+  }
+
+  /** Packets waiting for ring space (sent but not yet in the ring). */
+  get backlogLength(): number {
+    return this.backlog.length;
+  }
+
+  private noteSent(bytes: number, signal: boolean, packet = true): void {
+    if (packet) {
+      this.stats.packetsOut++;
+      this.stats.bytesOut += bytes;
+    }
     if (signal) {
       this.stats.signalsOut++;
       this.options.notifyPeer();
@@ -110,9 +147,9 @@ export class RingChannel {
   private flushBacklog(): void {
     while (this.backlog.length > 0) {
       const next = this.backlog[0]!;
-      const result = this.writer.tryWrite(next.type, next.flags, next.transactionId, null, next.payload);
+      const result = this.writer.tryWrite(next.type, next.flags, next.transactionId, next.header, next.payload);
       if (result === WRITE_FULL) {
-        if (this.writer.setPendingSend(this.writer.packetBytes(next.payload.length))) continue;
+        if (this.writer.setPendingSend(this.writer.packetBytes(backlogBytes(next)))) continue;
         return;
       }
       this.backlog.shift();
@@ -159,4 +196,8 @@ export class RingChannel {
     this.broken = true;
     this.backlog.length = 0;
   }
+}
+
+function backlogBytes(packet: Backlogged): number {
+  return (packet.header === null ? 0 : packet.header.length) + packet.payload.length;
 }

@@ -7,26 +7,64 @@ import { ReferenceGuest } from '../../guest/reference-guest.js';
 import { createGuestDrivers, GuestDriverSet } from '../../guest/guest-drivers.js';
 import type { GuestRequest, GuestToHost, GuestWorkerOptions, HostToGuest } from './guest-control.js';
 import { ProcessGuestHypervisor } from './guest-hypervisor.js';
+import { BlockOp } from '../../guest/storvsc/guest-block-device.js';
+import { runDiskBench } from '../../guest/storvsc/disk-bench.js';
+import { diskRequest } from '../../guest/storvsc/disk-requests.js';
+import type { StorvscDisk } from '../../guest/storvsc/storvsc-disk.js';
+import { DiskFileServer } from '../../guest/fuse/disk-file-server.js';
+import { Poller } from '../../sys/epoll.js';
 import type { ProcessPartitionShared } from './shared-layout.js';
 
 const { shared, guest: options } = workerData as { shared: ProcessPartitionShared; guest: GuestWorkerOptions };
 const port = parentPort!;
 const send = (message: GuestToHost) => port.postMessage(message);
 
-const hv = new ProcessGuestHypervisor(shared);
+// The guest thread's one event loop for fds: interrupt lines and, with exposeDisks, /dev/fuse.
+const poller = new Poller((e) => guest.report({ event: 'log', message: `guest event loop error: ${(e as Error).stack ?? e}` }));
+const hv = new ProcessGuestHypervisor(shared, poller);
 const drivers: GuestDriverSet = createGuestDrivers(options, {
   onShutdown: (kind) => void powerOff(`shutdown integration service: ${kind}`),
   referenceCounter: () => hv.referenceCounter(),
+  // Driver messages go to the guest's console (the 'log' report), as printk would.
+  log: (message) => guest.report({ event: 'log', message }),
 });
 const guest = new ReferenceGuest(hv, drivers.all, { maxVersion: options.maxVersion, replyTimeoutMs: options.replyTimeoutMs });
 const hostile = new HostileGuest(guest.client);
 guest.on('report', (report) => send({ type: 'report', report }));
+
+/** The guest's disks as files (GuestWorkerOptions.exposeDisks): mounted before boot, one file per disk found. */
+let diskFiles: DiskFileServer | null = null;
+if (options.exposeDisks !== undefined && drivers.storvsc) {
+  const storvscDriver = drivers.storvsc;
+  try {
+    const log = (message: string) => guest.report({ event: 'log', message });
+    const server = DiskFileServer.mount(options.exposeDisks, { memory: hv.memory, allocator: guest.allocator, poller, log });
+    diskFiles = server;
+    storvscDriver.on('disk-added', (d) => {
+      try {
+        server.add(d);
+      } catch (e) {
+        log(`cannot show ${d.name} as a file: ${(e as Error).message}`);
+      }
+    });
+    storvscDriver.on('disk-removed', (d) => server.remove(d.name));
+  } catch (e) {
+    guest.report({ event: 'log', message: `cannot mount the disk directory ${options.exposeDisks}: ${(e as Error).message}` });
+  }
+}
+
+async function unmountDisks(): Promise<void> {
+  const server = diskFiles;
+  diskFiles = null;
+  await server?.unmount().catch(() => {});
+}
 
 let stopping = false;
 async function powerOff(reason: string): Promise<void> {
   if (stopping) return;
   stopping = true;
   await guest.powerOff(reason);
+  await unmountDisks();
   await hv.close();
   port.close();
 }
@@ -37,12 +75,24 @@ function kvp() {
   return instance;
 }
 
+function storvsc() {
+  const driver = drivers.storvsc;
+  if (!driver) throw new Error('the storvsc driver is not loaded in the guest');
+  return driver;
+}
+
+function disk(lun: number): StorvscDisk {
+  const found = storvsc().disk(lun);
+  if (!found) throw new Error(`the guest has no disk at LUN ${lun}`);
+  return found;
+}
+
 async function handle(request: GuestRequest): Promise<unknown> {
   switch (request.op) {
     case 'boot': return guest.boot();
     case 'halt':
       // Stop waiting for interrupts so the thread can end (a pending wait would hold it).
-      setImmediate(() => void hv.close().then(() => port.close()));
+      setImmediate(() => void unmountDisks().then(() => hv.close()).then(() => port.close()));
       return null;
     case 'unload': return guest.client.unload({ closeChannels: request.closeChannels });
     case 'power-off': return powerOff(request.reason);
@@ -66,6 +116,29 @@ async function handle(request: GuestRequest): Promise<unknown> {
       return channel.retarget(request.vp);
     }
     case 'hostile': return hostile.run(request.action, request.args);
+    case 'disk-list': return storvsc().devices().map((d) => ({
+      name: d.name, lun: d.lun, sizeBytes: d.sizeBytes, blockBytes: d.blockBytes, readOnly: d.readOnly, writeCache: d.writeCache, fua: d.fua, discard: d.discard, channels: d.channels,
+    }));
+    case 'disk-write': {
+      const data = request.data;
+      return (await diskRequest(disk(request.lun), guest.hv.memory, guest.allocator, BlockOp.Write, request.offset, data.length, { data, fua: request.fua })).result;
+    }
+    case 'disk-read': return diskRequest(disk(request.lun), guest.hv.memory, guest.allocator, BlockOp.Read, request.offset, request.length);
+    case 'disk-flush': return (await diskRequest(disk(request.lun), guest.hv.memory, guest.allocator, BlockOp.Flush, 0, 0)).result;
+    case 'disk-discard': return (await diskRequest(disk(request.lun), guest.hv.memory, guest.allocator, BlockOp.Discard, request.offset, request.length)).result;
+    case 'disk-sense': {
+      const s = disk(request.lun).lastSense;
+      return { key: s.key, asc: s.asc, ascq: s.ascq };
+    }
+    case 'disk-bench': {
+      const { pattern, blockBytes, queueDepth, seconds, span } = request;
+      return runDiskBench(disk(request.lun), guest.hv.memory, guest.allocator, { pattern, blockBytes, queueDepth, seconds, span });
+    }
+    case 'disk-timeout': return storvsc().setIoTimeout(request.ioTimeoutMs);
+    case 'storvsc-state': return storvsc().controllers().map((c) => ({
+      version: c.version, maxTransferBytes: c.maxTransferBytes, maxChannelCount: c.maxChannelCount, multiChannel: c.multiChannel,
+      subChannelsRequested: c.subChannelsRequested, channels: c.channelCount, channelVps: c.channelVps(), outstanding: c.outstanding, stats: { ...c.stats },
+    }));
   }
 }
 
