@@ -58,7 +58,7 @@ export class ProcessVm extends EventEmitter<VmEvents> {
   /** Starts the guest and boots it; resolves with the negotiated VMBus version. */
   async start(): Promise<string> {
     const o = this.options;
-    const guestOptions: GuestWorkerOptions = { maxVersion: o.guestMaxVersion, drivers: o.guestDrivers, replyTimeoutMs: o.replyTimeoutMs, clockSkewMs: o.guestClockSkewMs, hostname: o.guestHostname };
+    const guestOptions: GuestWorkerOptions = { maxVersion: o.guestMaxVersion, drivers: o.guestDrivers, replyTimeoutMs: o.replyTimeoutMs, clockSkewMs: o.guestClockSkewMs, hostname: o.guestHostname, exposeDisks: o.guestExposeDisks };
     const worker = this.partition.startGuest(new URL('../partition/process/guest-worker.js', import.meta.url), guestOptions);
     this.worker = worker;
     worker.on('message', (message: GuestToHost) => this.onGuestMessage(message));

@@ -49,9 +49,15 @@ export class VmStorage {
 
   /** Opens the image and adds it as the lowest free LUN; returns the LUN. */
   async attach(spec: DiskSpec): Promise<AttachedDisk> {
-    const lun = this.freeLun();
+    this.freeLun(); // fail before opening (and locking) the image
     const { backend, format } = await this.open(spec);
-    const disk: AttachedDisk = { lun, path: spec.path, format, readOnly: backend.info.readOnly, sizeBytes: backend.info.sizeBytes };
+    return this.attachBackend(backend, spec.path, format);
+  }
+
+  /** Adds an open backend (also one the caller built: fault injection, custom stores) as the lowest free LUN. */
+  attachBackend(backend: BlockBackend, description: string, format: AttachedDisk['format'] = 'memory'): AttachedDisk {
+    const lun = this.freeLun();
+    const disk: AttachedDisk = { lun, path: description, format, readOnly: backend.info.readOnly, sizeBytes: backend.info.sizeBytes };
     this.attached.set(lun, { disk, backend });
     this.controller.addDisk(lun, backend);
     return disk;

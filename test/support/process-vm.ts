@@ -3,18 +3,22 @@
 import { ProcessVm, type ProcessVmOptions } from '../../src/vm/process-vm.js';
 import { createStandardDevices, type StandardDevices } from '../../src/vm/standard-devices.js';
 import type { GuestReport } from '../../src/guest/reference-guest.js';
+import { VmStorage } from '../../src/vm/vm-storage.js';
 
 export interface TestVm {
   vm: ProcessVm;
   devices: StandardDevices;
+  /** The SCSI controller and its disks (offered only with withStorage; attach before start() for boot-time disks). */
+  storage: VmStorage;
   reports: GuestReport[];
   logs: string[];
   /** Resolves with the first report matching `predicate` (already seen or future). */
   waitForReport(predicate: (r: GuestReport) => boolean, timeoutMs?: number): Promise<GuestReport>;
 }
 
-export function createTestVm(options: Partial<ProcessVmOptions> & { heartbeatIntervalMs?: number } = {}): TestVm {
+export function createTestVm(options: Partial<ProcessVmOptions> & { heartbeatIntervalMs?: number; withStorage?: boolean } = {}): TestVm {
   let devices: StandardDevices | null = null;
+  let storage: VmStorage | null = null;
   const logs: string[] = [];
   const reports: GuestReport[] = [];
   const vm = new ProcessVm({
@@ -31,7 +35,9 @@ export function createTestVm(options: Partial<ProcessVmOptions> & { heartbeatInt
         kvpTimeoutMs: 3000,
         log: (m) => logs.push(m),
       });
-      return devices.all;
+      storage = new VmStorage({ poller: context.poller, server: context.server, cpus: options.cpus ?? 2, log: (m) => logs.push(m) });
+      // Only VMs that ask for storage get the controller, so the VMBus tests keep their channel counts.
+      return options.withStorage ? [...devices.all, storage.controller] : devices.all;
     },
   });
   vm.on('report', (r) => reports.push(r));
@@ -51,7 +57,7 @@ export function createTestVm(options: Partial<ProcessVmOptions> & { heartbeatInt
       };
       vm.on('report', listener);
     });
-  return { vm, devices: devices!, reports, logs, waitForReport };
+  return { vm, devices: devices!, storage: storage!, reports, logs, waitForReport };
 }
 
 export async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 5000, what = 'condition'): Promise<void> {
