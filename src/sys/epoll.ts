@@ -81,20 +81,8 @@ export class Poller {
   private stopped = false;
   private onIdle: (() => void) | null = null;
 
-  private readonly spinMs: number;
-  private spinUntil = 0;
-  private readonly readyTokens: number[] = [];
-  private readonly spinBound = (): void => this.spin();
-
-  /**
-   * spinMicros: after events, keep checking for more (without blocking, between turns of
-   * the event loop) for this long before going back to sleep on the thread pool. A busy
-   * data path then answers the next signal in microseconds instead of paying two thread
-   * wake-ups (pool thread, then this thread) per round trip; an idle one costs nothing.
-   */
-  constructor(private readonly onError: (error: unknown) => void = (e) => { throw e; }, options: { spinMicros?: number } = {}) {
+  constructor(private readonly onError: (error: unknown) => void = (e) => { throw e; }) {
     this.epoll.add(this.wake.fd, 0);
-    this.spinMs = (options.spinMicros ?? 0) / 1000;
   }
 
   /** Returns a token for remove(). */
@@ -127,55 +115,25 @@ export class Poller {
     this.epoll.waitAsync(-1, (error, tokens) => {
       this.waiting = false;
       if (error) this.onError(error);
-      this.dispatch(tokens);
+      for (const token of tokens) {
+        if (token === 0) {
+          this.wake.drain();
+          continue;
+        }
+        const handler = this.handlers.get(token);
+        if (!handler) continue;
+        try {
+          handler();
+        } catch (e) {
+          this.onError(e);
+        }
+      }
       if (this.stopped) {
         this.finish();
         return;
       }
-      if (this.spinMs > 0) {
-        this.spinUntil = performance.now() + this.spinMs;
-        // The handlers' follow-up work (microtasks, e.g. I/O submission) runs before the first check.
-        setImmediate(this.spinBound);
-      } else {
-        this.loop();
-      }
+      this.loop();
     });
-  }
-
-  private dispatch(tokens: readonly number[]): void {
-    for (const token of tokens) {
-      if (token === 0) {
-        this.wake.drain();
-        continue;
-      }
-      const handler = this.handlers.get(token);
-      if (!handler) continue;
-      try {
-        handler();
-      } catch (e) {
-        this.onError(e);
-      }
-    }
-  }
-
-  /** One non-blocking check while spinning; back to the pool-thread wait once the window passes quietly. */
-  private spin(): void {
-    // stop() already finished up: it found no wait in flight.
-    if (this.stopped) return;
-    let tokens: number[];
-    try {
-      tokens = this.epoll.wait(0, this.readyTokens);
-    } catch (e) {
-      this.onError(e);
-      tokens = [];
-    }
-    if (tokens.length > 0) {
-      this.dispatch(tokens);
-      this.spinUntil = performance.now() + this.spinMs;
-    }
-    if (this.stopped) return;
-    if (performance.now() < this.spinUntil) setImmediate(this.spinBound);
-    else this.loop();
   }
 
   private finish(): void {

@@ -48,7 +48,7 @@ export class ProcessVm extends EventEmitter<VmEvents> {
   constructor(private readonly options: ProcessVmOptions) {
     super();
     const log = options.log ?? (() => {});
-    this.poller = new Poller((e) => log(`event loop error: ${(e as Error).stack ?? e}`), { spinMicros: Number(process.env.ENLIGHTEN_SPIN_US ?? 0) });
+    this.poller = new Poller((e) => log(`event loop error: ${(e as Error).stack ?? e}`));
     this.partition = new ProcessPartition({ memoryBytes: options.memoryBytes, vpCount: options.cpus, poller: this.poller, log });
     this.server = new VmbusServer({ partition: this.partition, maxVersion: options.maxVersion, log });
     this.devices = options.devices({ poller: this.poller, server: this.server, partition: this.partition });

@@ -20,7 +20,7 @@ const port = parentPort!;
 const send = (message: GuestToHost) => port.postMessage(message);
 
 // The guest thread's one event loop for fds: interrupt lines and, with exposeDisks, /dev/fuse.
-const poller = new Poller((e) => guest.report({ event: 'log', message: `guest event loop error: ${(e as Error).stack ?? e}` }), { spinMicros: Number(process.env.ENLIGHTEN_SPIN_US ?? 0) });
+const poller = new Poller((e) => guest.report({ event: 'log', message: `guest event loop error: ${(e as Error).stack ?? e}` }));
 const hv = new ProcessGuestHypervisor(shared, poller);
 const drivers: GuestDriverSet = createGuestDrivers(options, {
   onShutdown: (kind) => void powerOff(`shutdown integration service: ${kind}`),
