@@ -6,6 +6,7 @@ import { Errno } from '../../sys/errors.js';
 import { fallocate, fdatasync, preadv, pwritev2 } from '../../sys/file.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, IoUring, RWF_DSYNC, type IoUringSink } from '../../sys/io-uring.js';
 import type { IovecList } from '../../sys/iovec.js';
+import { DeferredCompletions } from './deferred-completions.js';
 
 export interface FileIoDone {
   /** result: bytes moved (readv/writev) or 0 (fdatasync/punchHole) on success, or -errno. */
@@ -30,57 +31,14 @@ export interface FileIo {
   close(): void;
 }
 
-/**
- * Completions delivered later on a microtask, in order, without allocating: parallel
- * arrays reused from one batch to the next.
- */
-class DeferredCompletions {
-  private readonly tokens: number[] = [];
-  private readonly sinks: Array<FileIoDone | null> = [];
-  private readonly results: number[] = [];
-  private count = 0;
-  private scheduled = false;
-  private readonly runBound = (): void => this.run();
-
-  push(token: number, done: FileIoDone, result: number): void {
-    const i = this.count++;
-    this.tokens[i] = token;
-    this.sinks[i] = done;
-    this.results[i] = result;
-    if (!this.scheduled) {
-      this.scheduled = true;
-      queueMicrotask(this.runBound);
-    }
-  }
-
-  private run(): void {
-    // Deliver only this batch: completions pushed by the callbacks wait for the next turn
-    // of the event loop (setImmediate), or a caller that reissues on every completion
-    // would keep the microtask queue busy forever and starve timers and other I/O.
-    const end = this.count;
-    for (let i = 0; i < end; i++) {
-      const done = this.sinks[i]!;
-      this.sinks[i] = null;
-      done.fileIoDone(this.tokens[i]!, this.results[i]!);
-    }
-    const rest = this.count - end;
-    for (let i = 0; i < rest; i++) {
-      this.tokens[i] = this.tokens[end + i]!;
-      this.sinks[i] = this.sinks[end + i]!;
-      this.results[i] = this.results[end + i]!;
-      this.sinks[end + i] = null;
-    }
-    this.count = rest;
-    if (rest > 0) setImmediate(this.runBound);
-    else this.scheduled = false;
-  }
-}
+/** Completions of the synchronous engine and of cancelled operations: never from inside the call. */
+const deliverFileIo = (sink: FileIoDone, token: number, result: number): void => sink.fileIoDone(token, result);
 
 const PUNCH_MODE = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
 
 /** Blocking system calls, completed on a later microtask: the fallback when io_uring is unavailable, and a reference for tests. */
 export class SyncFileIo implements FileIo {
-  private readonly deferred = new DeferredCompletions();
+  private readonly deferred = new DeferredCompletions<number, FileIoDone>(deliverFileIo);
   private closed = false;
 
   readv(fd: number, iov: IovecList, fileOffset: number, token: number, done: FileIoDone): void {
@@ -145,7 +103,7 @@ export class UringFileIo implements FileIo, IoUringSink {
   /** Inside flush's own reaping: new work must wait for the next turn of the event loop. */
   private inFlush = false;
   private closed = false;
-  private readonly deferred = new DeferredCompletions();
+  private readonly deferred = new DeferredCompletions<number, FileIoDone>(deliverFileIo);
   private readonly flushBound = (): void => this.flush();
 
   constructor(private readonly poller: Poller, entries = 128) {

@@ -4,6 +4,8 @@
 import type { BlockBackend, BlockDone, BlockIo, DiskInfo } from './block-backend.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { Errno } from '../../sys/errors.js';
+import { DeferredCompletions } from './deferred-completions.js';
+import { checkBlockIo } from './block-io-check.js';
 
 export interface MemoryDiskOptions {
   sizeBytes: number;
@@ -22,56 +24,10 @@ export class MemoryDiskError extends Error {
   }
 }
 
-/**
- * Block completions delivered on a later microtask, in order, without allocating per
- * request (parallel arrays reused between batches). Shared by the backends that must
- * answer a request without doing I/O (errors, memory copies, injected faults).
- */
-export class BlockCompletionQueue {
-  private readonly ios: Array<BlockIo | null> = [];
-  private readonly sinks: Array<BlockDone | null> = [];
-  private readonly results: number[] = [];
-  private count = 0;
-  private scheduled = false;
-  private readonly runBound = (): void => this.run();
-
-  get pending(): number {
-    return this.count;
-  }
-
-  push(io: BlockIo, done: BlockDone, result: number): void {
-    const i = this.count++;
-    this.ios[i] = io;
-    this.sinks[i] = done;
-    this.results[i] = result;
-    if (!this.scheduled) {
-      this.scheduled = true;
-      queueMicrotask(this.runBound);
-    }
-  }
-
-  private run(): void {
-    // Deliver only this batch: completions pushed by the callbacks wait for the next turn
-    // of the event loop, so a submitter that reissues on completion cannot starve it.
-    const end = this.count;
-    for (let i = 0; i < end; i++) {
-      const io = this.ios[i]!;
-      const done = this.sinks[i]!;
-      this.ios[i] = null;
-      this.sinks[i] = null;
-      done.blockDone(io, this.results[i]!);
-    }
-    const rest = this.count - end;
-    for (let i = 0; i < rest; i++) {
-      this.ios[i] = this.ios[end + i]!;
-      this.sinks[i] = this.sinks[end + i]!;
-      this.results[i] = this.results[end + i]!;
-      this.ios[end + i] = null;
-      this.sinks[end + i] = null;
-    }
-    this.count = rest;
-    if (rest > 0) setImmediate(this.runBound);
-    else this.scheduled = false;
+/** Block completions delivered on a later microtask (errors, memory copies, injected faults). */
+export class BlockCompletionQueue extends DeferredCompletions<BlockIo, BlockDone> {
+  constructor() {
+    super((sink, io, result) => sink.blockDone(io, result));
   }
 }
 
@@ -162,18 +118,7 @@ export class MemoryDisk implements BlockBackend {
   /** 0 or -errno: the range lies on the disk in whole blocks and the buffers in guest RAM. */
   private check(io: BlockIo, withData: boolean): number {
     if (this.closed) return -Errno.ECANCELED;
-    const { offset, length } = io;
-    const block = this.info.logicalBlockBytes;
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) return -Errno.EINVAL;
-    if (offset % block !== 0 || length % block !== 0 || offset + length > this.info.sizeBytes) return -Errno.EINVAL;
-    if (!withData) return 0;
-    const iov = io.iov;
-    if (iov.byteLength !== length) return -Errno.EINVAL;
-    this.useRam(io.memory);
-    for (let i = 0; i < iov.count; i++) {
-      if (!io.memory.contains(iov.addressAt(i) - this.ramBase, iov.lengthAt(i))) return -Errno.EFAULT;
-    }
-    return 0;
+    return checkBlockIo(io, this.info, withData);
   }
 
   private useRam(memory: GuestMemory): void {
@@ -184,6 +129,7 @@ export class MemoryDisk implements BlockBackend {
   }
 
   private copy(io: BlockIo, toDisk: boolean): void {
+    this.useRam(io.memory);
     const ram = this.ram!;
     const iov = io.iov;
     let at = io.offset;

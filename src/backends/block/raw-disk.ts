@@ -11,13 +11,13 @@ import type { BlockBackend, BlockDone, BlockIo, DiskInfo } from './block-backend
 import { SyncFileIo, UringFileIo, type FileIo, type FileIoDone } from './file-io.js';
 import { lockImage, type ImageLock } from './image-lock.js';
 import { BlockCompletionQueue } from './memory-disk.js';
-import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { Poller } from '../../sys/epoll.js';
 import { Errno, SysError } from '../../sys/errors.js';
 import { closeFile, fallocate, fdatasync, fstatFile, O_CREAT, O_DIRECT, O_EXCL, O_RDONLY, O_RDWR, openFile, preadAt, seekEnd, truncateFile, tryOpenFile } from '../../sys/file.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, UIO_MAXIOV } from '../../sys/io-uring.js';
 import { IovecList } from '../../sys/iovec.js';
 import { mapAnonymous, munmap } from '../../sys/memfd.js';
+import { checkBlockIo } from './block-io-check.js';
 
 export interface RawDiskOptions {
   readOnly?: boolean;
@@ -83,8 +83,6 @@ export class RawDisk implements BlockBackend, FileIoDone {
   private zeroBuffer = 0n;
   private closing: Promise<void> | null = null;
   private onIdle: (() => void) | null = null;
-  private memoryOf: GuestMemory | null = null;
-  private memoryBase = 0;
 
   /** @internal Use openRawDisk. */
   constructor(
@@ -272,23 +270,7 @@ export class RawDisk implements BlockBackend, FileIoDone {
   /** 0 or -errno: whole blocks on the disk, buffers inside guest RAM. */
   private check(io: BlockIo, withData: boolean): number {
     if (this.closing) return -Errno.ECANCELED;
-    const { offset, length } = io;
-    const block = this.info.logicalBlockBytes;
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) return -Errno.EINVAL;
-    if (offset % block !== 0 || length % block !== 0 || offset + length > this.info.sizeBytes) return -Errno.EINVAL;
-    if (!withData) return 0;
-    const iov = io.iov;
-    if (iov.byteLength !== length) return -Errno.EINVAL;
-    // The kernel would write anywhere in this process: only guest RAM may be a target.
-    const memory = io.memory;
-    if (this.memoryOf !== memory) {
-      this.memoryOf = memory;
-      this.memoryBase = Number(memory.base);
-    }
-    for (let i = 0; i < iov.count; i++) {
-      if (!memory.contains(iov.addressAt(i) - this.memoryBase, iov.lengthAt(i))) return -Errno.EFAULT;
-    }
-    return 0;
+    return checkBlockIo(io, this.info, withData);
   }
 
   /** The direct fd when the range and every buffer meet O_DIRECT's alignment, else the buffered one. */
