@@ -51,6 +51,7 @@ export const VpdPage = {
 
 export const SenseKey = {
   NoSense: 0x00,
+  RecoveredError: 0x01,
   NotReady: 0x02,
   MediumError: 0x03,
   HardwareError: 0x04,

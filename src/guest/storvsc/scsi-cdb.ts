@@ -2,24 +2,12 @@
 // (scsi_scan.c, scsi.c) and sd.c build them. Builders write into a caller-owned 16-byte
 // CDB so the I/O path allocates nothing; each returns the CDB length.
 
-export const ScsiOp = {
-  TestUnitReady: 0x00,
-  Inquiry: 0x12,
-  ModeSense6: 0x1a,
-  StartStopUnit: 0x1b,
-  ReadCapacity10: 0x25,
-  Read10: 0x28,
-  Write10: 0x2a,
-  SynchronizeCache10: 0x35,
-  Unmap: 0x42,
-  Read16: 0x88,
-  Write16: 0x8a,
-  ServiceActionIn16: 0x9e,
-  ReportLuns: 0xa0,
-} as const;
+// The numbers are the same the target answers to: one table for both ends.
+import { ScsiOp, ServiceAction } from '../../devices/scsi/scsi-opcodes.js';
+export { ScsiOp };
 
 /** SERVICE ACTION IN(16) service action of READ CAPACITY(16). */
-export const SAI_READ_CAPACITY_16 = 0x10;
+export const SAI_READ_CAPACITY_16 = ServiceAction.ReadCapacity16;
 /** Byte 1 bit 3 of READ/WRITE(10/16): force unit access. */
 export const CDB_FUA = 0x08;
 

@@ -3,6 +3,11 @@
 // reads only the first `n` bytes (what the host says it transferred, already bounded by
 // the buffer), never throws, and reports a reply too short to mean anything as null.
 
+// Sense keys and errno values are the target's and the OS's: one table each for both ends.
+import { SenseKey } from '../../devices/scsi/scsi-opcodes.js';
+import { Errno } from '../../sys/errors.js';
+export { Errno, SenseKey };
+
 export interface InquiryData {
   /** Peripheral qualifier (byte 0 bits 7..5): 0 connected, 1 not connected, 3 no device possible. */
   qualifier: number;
@@ -235,17 +240,6 @@ export interface SenseData {
   ascq: number;
 }
 
-export const SenseKey = {
-  NoSense: 0x0,
-  RecoveredError: 0x1,
-  NotReady: 0x2,
-  MediumError: 0x3,
-  HardwareError: 0x4,
-  IllegalRequest: 0x5,
-  UnitAttention: 0x6,
-  DataProtect: 0x7,
-  AbortedCommand: 0xb,
-} as const;
 
 /** Fixed (0x70/0x71) or descriptor (0x72/0x73) sense data, as scsi_normalize_sense reads it. */
 export function parseSense(b: Uint8Array, n: number, out: SenseData): boolean {
@@ -269,13 +263,6 @@ export function parseSense(b: Uint8Array, n: number, out: SenseData): boolean {
   return false;
 }
 
-export const Errno = {
-  EIO: 5,
-  ENODEV: 19,
-  ENOSPC: 28,
-  EROFS: 30,
-  ETIMEDOUT: 110,
-} as const;
 
 /**
  * What a failed command with this sense becomes for the block layer: DATA PROTECT is a
