@@ -579,6 +579,8 @@ describe('DiskFileServer on /dev/fuse', () => {
       '--numjobs=2',
       '--verify=crc32c',
       '--verify_fatal=1',
+      // No verify-state files in the working directory.
+      '--verify_state_save=0',
       '--group_reporting',
     ]);
     assert.equal(r.code, 0, `fio: ${r.stdout}\n${r.stderr}`);
