@@ -235,3 +235,29 @@ describe('storage through VMBus with real tools', { concurrency: false, timeout:
     assert.ok(faulty);
   });
 });
+
+describe('storage across a VMBus unload', { timeout: 120_000 }, () => {
+  it('after unload and reconnect the guest gets fresh sub-channels and the disk still works', async () => {
+    const t = await bootWithDisks({ cpus: 2 }, async (t) => void (await t.storage.attach({ path: 'memory:8M', readOnly: false })), 1);
+    try {
+      const channels = async () => ((await t.vm.request({ op: 'storvsc-state' })) as { channels: number }[])[0]?.channels;
+      assert.equal(await channels(), 2, 'primary and one sub-channel before the unload');
+      for (const closeChannels of [true, false]) {
+        await t.vm.request({ op: 'unload', closeChannels });
+        assert.equal(t.vm.server.resources().openChannels, 0);
+        // Like Hyper-V, the host drops sub-channels with the session: a kexec'd Linux would
+        // never open stale offers, it asks with CREATE_SUB_CHANNELS and waits for new ones.
+        assert.deepEqual(t.vm.server.channelInfo().filter((c) => c.name === 'scsi').map((c) => c.subChannelIndex), [0]);
+        assert.equal(await t.vm.request({ op: 'boot' }), '5.3');
+        const deadline = Date.now() + 10_000;
+        while ((await channels()) !== 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+        assert.equal(await channels(), 2, `sub-channel back after unload (closeChannels ${closeChannels})`);
+        assert.equal(await guestWrite(t, 0, 4096, pattern(11, 8192)), 0);
+        assert.deepEqual(Buffer.from((await guestRead(t, 0, 4096, 8192)).data!), Buffer.from(pattern(11, 8192)));
+      }
+    } finally {
+      await t.vm.stop();
+      await t.storage.close();
+    }
+  });
+});

@@ -41,7 +41,9 @@ export class VmStorage {
   constructor(private readonly options: VmStorageOptions) {
     this.controller = new StorvspDevice({
       poller: options.poller,
-      offerSubchannel: (device, index) => options.server.addSubchannel(device, index),
+      offerSubchannel: (device, index) => {
+        if (!options.server.hasSubchannel(device, index)) options.server.addSubchannel(device, index);
+      },
       maxSubchannels: Math.max(0, options.cpus - 1),
       log: options.log,
     });

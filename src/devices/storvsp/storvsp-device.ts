@@ -24,7 +24,7 @@ export interface StorvspOptions {
   instanceId?: string;
   /** Picks the default instance GUID (0 for the first SCSI controller). */
   controller?: number;
-  /** Offers sub-channel `index` of this device; wired by the VM to server.addSubchannel. */
+  /** Offers sub-channel `index` of this device unless it exists; wired by the VM to the server. */
   offerSubchannel: (device: StorvspDevice, index: number) => void;
   /** Advertised max_channel_cnt (pass vCPU count - 1); 0 (the default) = no multi-channel flag. */
   maxSubchannels?: number;
@@ -113,6 +113,9 @@ export class StorvspDevice implements VmbusDevice {
   close(channel: OpenChannel): void {
     const served = this.channels.get(channel.subChannelIndex);
     if (served !== undefined && served.openChannel === channel) served.detach();
+    // The next driver session asks for its sub-channels again; the VM offers those it lacks
+    // (after an unload the server has dropped them all).
+    if (channel.subChannelIndex === 0) this.offeredSubchannels = 0;
   }
 
   counters(): ChannelCounters | null {
@@ -167,7 +170,7 @@ export class StorvspDevice implements VmbusDevice {
     return this.bus.disks().map((d) => ({ lun: d.lun, info: d.info }));
   }
 
-  /** Sub-channels offered so far (they stay offered across guest driver reloads). */
+  /** Sub-channels offered for the current guest driver session (reset when the primary closes). */
   get subchannelsOffered(): number {
     return this.offeredSubchannels;
   }

@@ -113,6 +113,12 @@ export class VmbusServer extends EventEmitter<ServerEvents> {
     return this.addChannel(device, index);
   }
 
+  /** Whether sub-channel `index` of the device is offered (or waiting for the guest to ask for offers). */
+  hasSubchannel(device: VmbusDevice, index: number): boolean {
+    for (const c of this.channels.values()) if (c.device === device && c.subChannelIndex === index && c.state !== 'rescinded') return true;
+    return false;
+  }
+
   private addChannel(device: VmbusDevice, subChannelIndex: number): number {
     const relid = this.freeRelid();
     const channel: ServerChannel = {
@@ -509,7 +515,9 @@ export class VmbusServer extends EventEmitter<ServerEvents> {
   private disconnect(reason: string): void {
     for (const channel of [...this.channels.values()]) {
       this.closeChannel(channel, reason);
-      if (channel.state === 'rescinded') this.dropChannel(channel);
+      // Sub-channels exist for the guest driver session that asked for them: after an
+      // unload the next guest (kexec, reboot) gets only primaries and asks again.
+      if (channel.state === 'rescinded' || channel.subChannelIndex > 0) this.dropChannel(channel);
       else channel.offered = false;
     }
     this.gpadls.clear();
