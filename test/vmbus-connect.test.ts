@@ -126,11 +126,21 @@ test('sub-channels are offered with the primary\'s GUIDs and attach to the prima
     const state = (await t.vm.request({ op: 'state' })) as { channels: { relid: number; subChannelIndex: number; primary: number | null }[] };
     assert.deepEqual(state.channels.find((c) => c.relid === relid), { ...state.channels.find((c) => c.relid === relid), subChannelIndex: 1, primary: primary.relid });
     assert.equal(t.vm.server.channelInfo().find((c) => c.relid === relid)!.subChannelIndex, 1);
-    // Reconnect: the sub-channel is offered again, after its primary.
+    // Reconnect: sub-channels ended with the session (a new guest asks its VSP for them,
+    // and netvsc waits for exactly the offers it asked for), so only the primary returns;
+    // the device can then offer the sub-channel again and it attaches as before.
     await t.vm.request({ op: 'unload', closeChannels: true });
+    assert.equal(t.vm.server.hasSubchannel(t.devices.kvp, 1), false);
     await t.vm.request({ op: 'boot' });
-    const again = (await t.vm.request({ op: 'state' })) as { channels: { relid: number; primary: number | null }[] };
-    assert.equal(again.channels.find((c) => c.relid === relid)!.primary, primary.relid);
+    const after = (await t.vm.request({ op: 'state' })) as { channels: { relid: number; subChannelIndex: number; primary: number | null }[] };
+    assert.equal(after.channels.filter((c) => c.subChannelIndex > 0).length, 0);
+    const again = t.vm.server.addSubchannel(t.devices.kvp, 1);
+    // The relid may be reused, so wait for a new offer report, not any report with it.
+    const offersBefore = t.reports.filter((r) => r.event === 'offer' && r.relid === again).length;
+    await until(() => t.reports.filter((r) => r.event === 'offer' && r.relid === again).length > offersBefore, 5000, 'the new sub-channel offer');
+    const reattached = (await t.vm.request({ op: 'state' })) as { channels: { relid: number; primary: number | null }[] };
+    const primaryNow = t.vm.server.channelInfo().find((c) => c.name === 'kvp' && c.subChannelIndex === 0)!;
+    assert.equal(reattached.channels.find((c) => c.relid === again)!.primary, primaryNow.relid);
   } finally {
     await t.vm.stop();
   }
