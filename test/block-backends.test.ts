@@ -11,6 +11,7 @@ import { MemoryDisk, MemoryDiskError } from '../src/backends/block/memory-disk.j
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import { Errno } from '../src/sys/errors.js';
 import { IovecList } from '../src/sys/iovec.js';
+import { submitBlockIo } from './support/block-io.js';
 
 const MiB = 1024 * 1024;
 const EIO = Errno.EIO;
@@ -36,23 +37,7 @@ class TestIo implements BlockIo {
   tag: unknown = null;
 }
 
-function submit(disk: BlockBackend, op: Op, io: BlockIo): Promise<number> {
-  return new Promise((resolve, reject) => {
-    let returned = false;
-    let completed = false;
-    const done: BlockDone = {
-      blockDone(got, result) {
-        if (completed) return reject(new Error('completed twice'));
-        if (!returned) return reject(new Error('completed inside the call'));
-        if (got !== io) return reject(new Error('completed with another io'));
-        completed = true;
-        resolve(result);
-      },
-    };
-    disk[op](io, done);
-    returned = true;
-  });
-}
+const submit = submitBlockIo;
 
 function run(disk: BlockBackend, op: Op, offset = 0, length = 0, gpa = 0): Promise<number> {
   const io = new TestIo();

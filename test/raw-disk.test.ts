@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
 import fc from 'fast-check';
-import type { BlockBackend, BlockDone, BlockIo } from '../src/backends/block/block-backend.js';
+import type { BlockBackend, BlockIo } from '../src/backends/block/block-backend.js';
 import { SyncFileIo, type FileIo, type FileIoDone } from '../src/backends/block/file-io.js';
 import { ImageInUseError, lockImage } from '../src/backends/block/image-lock.js';
 import { openRawDisk, RawDiskError, type RawDisk, type RawDiskOptions } from '../src/backends/block/raw-disk.js';
@@ -20,6 +20,7 @@ import { Poller } from '../src/sys/epoll.js';
 import { Errno } from '../src/sys/errors.js';
 import { closeFile, O_RDONLY, O_RDWR, openFile } from '../src/sys/file.js';
 import { IovecList } from '../src/sys/iovec.js';
+import { submitBlockIo } from './support/block-io.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -81,23 +82,7 @@ function run(disk: BlockBackend, op: 'read' | 'write' | 'flush' | 'discard', set
   return submit(disk, op, io);
 }
 
-function submit(disk: BlockBackend, op: 'read' | 'write' | 'flush' | 'discard', io: BlockIo): Promise<number> {
-  return new Promise((resolve, reject) => {
-    let returned = false;
-    let completed = false;
-    const done: BlockDone = {
-      blockDone(got, result) {
-        if (completed) return reject(new Error('completed twice'));
-        if (!returned) return reject(new Error('completed inside the call'));
-        if (got !== io) return reject(new Error('completed with another io'));
-        completed = true;
-        resolve(result);
-      },
-    };
-    disk[op](io, done);
-    returned = true;
-  });
-}
+const submit = submitBlockIo;
 
 describe('openRawDisk', () => {
   test('creates a sparse image of the asked size and describes it', async () => {
