@@ -28,6 +28,7 @@ import {
 } from '../src/devices/storvsp/storvsp-protocol.js';
 import * as replies from '../src/guest/storvsc/scsi-replies.js';
 import * as cdb from '../src/guest/storvsc/scsi-cdb.js';
+import { waitForVmReport } from './support/process-vm.js';
 
 type DiskReport = Extract<GuestReport, { event: 'disk' }>;
 
@@ -106,21 +107,7 @@ async function startVm(options: { cpus?: number; memoryBytes?: number; disks?: [
     device!.addDisk(lun, backend);
   }
   const waitFor = (predicate: (r: GuestReport) => boolean, timeoutMs = 5000) =>
-    new Promise<GuestReport>((resolve, reject) => {
-      const found = reports.find(predicate);
-      if (found) return resolve(found);
-      const timer = setTimeout(() => {
-        vm.off('report', listener);
-        reject(new Error(`no matching report within ${timeoutMs} ms; saw ${JSON.stringify(reports.slice(-8))}\nlogs: ${logs.slice(-8).join('\n')}`));
-      }, timeoutMs);
-      const listener = (r: GuestReport) => {
-        if (!predicate(r)) return;
-        clearTimeout(timer);
-        vm.off('report', listener);
-        resolve(r);
-      };
-      vm.on('report', listener);
-    });
+    waitForVmReport(vm, reports, predicate, timeoutMs, () => `\nlogs: ${logs.slice(-8).join('\n')}`);
   const addLun = (lun: number, backend: BlockBackend) => {
     lunOrder[nextLun] = lun;
     device!.addDisk(lun, backend);

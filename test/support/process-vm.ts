@@ -41,22 +41,7 @@ export function createTestVm(options: Partial<ProcessVmOptions> & { heartbeatInt
     },
   });
   vm.on('report', (r) => reports.push(r));
-  const waitForReport = (predicate: (r: GuestReport) => boolean, timeoutMs = 5000) =>
-    new Promise<GuestReport>((resolve, reject) => {
-      const found = reports.find(predicate);
-      if (found) return resolve(found);
-      const timer = setTimeout(() => {
-        vm.off('report', listener);
-        reject(new Error(`no matching guest report within ${timeoutMs} ms; saw ${JSON.stringify(reports.slice(-10))}`));
-      }, timeoutMs);
-      const listener = (r: GuestReport) => {
-        if (!predicate(r)) return;
-        clearTimeout(timer);
-        vm.off('report', listener);
-        resolve(r);
-      };
-      vm.on('report', listener);
-    });
+  const waitForReport = (predicate: (r: GuestReport) => boolean, timeoutMs = 5000) => waitForVmReport(vm, reports, predicate, timeoutMs);
   return { vm, devices: devices!, storage: storage!, reports, logs, waitForReport };
 }
 
@@ -66,4 +51,23 @@ export async function until(condition: () => boolean | Promise<boolean>, timeout
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 10));
   }
+}
+
+/** Resolves with the first report matching `predicate`, already in `reports` or still to come. */
+export function waitForVmReport(vm: ProcessVm, reports: GuestReport[], predicate: (r: GuestReport) => boolean, timeoutMs = 5000, context: () => string = () => ''): Promise<GuestReport> {
+  return new Promise<GuestReport>((resolve, reject) => {
+    const found = reports.find(predicate);
+    if (found) return resolve(found);
+    const timer = setTimeout(() => {
+      vm.off('report', listener);
+      reject(new Error(`no matching guest report within ${timeoutMs} ms; saw ${JSON.stringify(reports.slice(-10))}${context()}`));
+    }, timeoutMs);
+    const listener = (r: GuestReport) => {
+      if (!predicate(r)) return;
+      clearTimeout(timer);
+      vm.off('report', listener);
+      resolve(r);
+    };
+    vm.on('report', listener);
+  });
 }

@@ -12,19 +12,7 @@ import type { IovecList } from '../../sys/iovec.js';
  * guest RAM (a transport bug: nothing is written from that segment on).
  */
 export function copyToDataBuffer(memory: GuestMemory, data: IovecList, source: Uint8Array, length: number): number {
-  let left = Math.min(length, source.length, data.byteLength);
-  if (!(left > 0)) return 0;
-  const base = Number(memory.base);
-  let done = 0;
-  for (let i = 0; i < data.count && left > 0; i++) {
-    const take = Math.min(data.lengthAt(i), left);
-    const gpa = data.addressAt(i) - base;
-    if (!memory.contains(gpa, take)) return -1;
-    memory.bytes.set(source.subarray(done, done + take), gpa);
-    done += take;
-    left -= take;
-  }
-  return done;
+  return transfer(memory, data, source, length, true);
 }
 
 /**
@@ -32,7 +20,12 @@ export function copyToDataBuffer(memory: GuestMemory, data: IovecList, source: U
  * copied, or -1 when a segment does not lie in guest RAM.
  */
 export function copyFromDataBuffer(memory: GuestMemory, data: IovecList, target: Uint8Array, length: number): number {
-  let left = Math.min(length, target.length, data.byteLength);
+  return transfer(memory, data, target, length, false);
+}
+
+/** Walks the segments once for either direction, checking each against guest RAM first. */
+function transfer(memory: GuestMemory, data: IovecList, scratch: Uint8Array, length: number, toGuest: boolean): number {
+  let left = Math.min(length, scratch.length, data.byteLength);
   if (!(left > 0)) return 0;
   const base = Number(memory.base);
   let done = 0;
@@ -40,7 +33,8 @@ export function copyFromDataBuffer(memory: GuestMemory, data: IovecList, target:
     const take = Math.min(data.lengthAt(i), left);
     const gpa = data.addressAt(i) - base;
     if (!memory.contains(gpa, take)) return -1;
-    target.set(memory.bytes.subarray(gpa, gpa + take), done);
+    if (toGuest) memory.bytes.set(scratch.subarray(done, done + take), gpa);
+    else scratch.set(memory.bytes.subarray(gpa, gpa + take), done);
     done += take;
     left -= take;
   }
