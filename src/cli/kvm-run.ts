@@ -1,0 +1,235 @@
+// `enlighten run --backend kvm`: boot a real Linux kernel on the KVM partition. The guest is
+// the pinned Debian cloud kernel with enlighten's initramfs unless --kernel/--initrd say
+// otherwise. The console goes to stdout (text) or becomes `console` events (json); marker
+// lines from enlighten's /init become events and the exit status of a command given after
+// `--`.
+import fs from 'node:fs';
+import { startApiServer } from '../api/api-server.js';
+import type { ApiRequest } from '../api/api-protocol.js';
+import { detectKvmHardware } from '../kvm/hardware-check.js';
+import { KvmMachine, type MachineExit } from '../vm/kvm-machine.js';
+import { createStandardDevices, type StandardDevices } from '../vm/standard-devices.js';
+import { vmStatus } from '../vm/vm-status.js';
+import { VmStorage } from '../vm/vm-storage.js';
+import { parseDiskSpec } from '../vm/disk-spec.js';
+import { defaultGuest } from '../guest-image/default-guest.js';
+import { validateGuestRam } from '../x86/guest-layout.js';
+import { parseGuestMarker } from '../guest-image/guest-markers.js';
+import { UsageError } from './usage-error.js';
+import type { ValidatedRun } from './run-command.js';
+
+export interface KvmRunOptions {
+  kernel?: string;
+  initrd?: string;
+  cmdline?: string;
+  guestKernel?: string;
+  guestPackage?: string[];
+  /** A command for enlighten's /init to run instead of a shell (the words after `--`). */
+  command?: string[];
+  kvmPath?: string;
+}
+
+export const DEFAULT_CMDLINE = 'console=ttyS0 panic=-1 pci=off';
+const SHUTDOWN_GRACE_MS = 30_000;
+
+/** Lets a developer try the KVM backend on a KVM without hardware virtualization anyway. */
+export const FORCE_KVM_ENV = 'ENLIGHTEN_FORCE_KVM';
+
+export async function runKvm(run: ValidatedRun, o: KvmRunOptions): Promise<number> {
+  const out = (event: Record<string, unknown>, text: string) => {
+    if (run.json) process.stdout.write(`${JSON.stringify(event)}\n`);
+    else process.stderr.write(`enlighten: ${text}\n`);
+  };
+  const log = (message: string) => {
+    if (run.verbose) process.stderr.write(`enlighten: ${message}\n`);
+  };
+  const hardware = detectKvmHardware({ devicePath: o.kvmPath });
+  if (!hardware.usable && process.env[FORCE_KVM_ENV] !== '1') {
+    process.stderr.write(`enlighten: ${hardware.reason}\n`);
+    return 1;
+  }
+  try {
+    validateGuestRam(run.memoryBytes);
+  } catch (e) {
+    throw new UsageError(`--memory: ${(e as Error).message}`);
+  }
+  if (o.guestKernel !== undefined && o.guestKernel !== '6.1' && o.guestKernel !== '6.12') throw new UsageError(`--guest-kernel must be 6.1 or 6.12, not '${o.guestKernel}'`);
+  if (o.initrd !== undefined && o.kernel === undefined) throw new UsageError('--initrd needs --kernel');
+
+  let kernelPath = o.kernel;
+  let initrdPath = o.initrd;
+  const defaultImage = kernelPath === undefined;
+  if (defaultImage) {
+    const guest = await defaultGuest({
+      kernel: (o.guestKernel ?? '6.1') as '6.1' | '6.12',
+      packages: o.guestPackage,
+      onProgress: (message: string) => process.stderr.write(`enlighten: ${message}\n`),
+    });
+    kernelPath = guest.kernelPath;
+    initrdPath = guest.initramfsPath;
+  }
+  const kernel = readInput('--kernel', kernelPath!);
+  const initrd = initrdPath === undefined ? undefined : readInput('--initrd', initrdPath);
+  let cmdline = o.cmdline ?? DEFAULT_CMDLINE;
+  if (o.command && o.command.length > 0) cmdline += ` enlighten.cmd=${Buffer.from(o.command.map(shellQuote).join(' ')).toString('base64')}`;
+
+  let devices: StandardDevices | null = null;
+  let disks!: VmStorage;
+  const machine = new KvmMachine({
+    memoryBytes: run.memoryBytes,
+    cpus: run.cpus,
+    kernel,
+    initrd,
+    cmdline,
+    maxVersion: run.maxVersion,
+    kvmPath: o.kvmPath,
+    log,
+    devices: (context) => {
+      devices = createStandardDevices({ poller: context.poller, referenceTime: () => context.partition.referenceTime(), log });
+      disks = new VmStorage({ poller: context.poller, server: context.server, cpus: run.cpus, log });
+      return [...devices.all, disks.controller];
+    },
+  });
+  log(`booting ${machine.kernelVersion} with '${cmdline}'`);
+
+  let commandStatus: number | null = null;
+  let ready = false;
+  let stopping = false;
+  const shutdown = async (kind: 'shutdown' | 'restart' = 'shutdown') => {
+    const service = devices?.shutdown.service;
+    if (!service) throw new Error('the guest has not opened the shutdown integration service (hv_utils not loaded yet)');
+    const status = await service.request(kind);
+    out({ event: 'shutdown-requested', kind, status }, `asked the guest to ${kind} (guest answered status ${status})`);
+    return status;
+  };
+  const onReady = (how: string) => {
+    if (ready) return;
+    ready = true;
+    out({ event: 'ready', version: machine.server.negotiatedVersion, channels: machine.server.channelInfo().length, api: run.socketPath }, `guest is up (${how}); control socket ${run.socketPath}`);
+    if (run.stopWhenReady && !stopping) {
+      stopping = true;
+      shutdown().catch((e: Error) => {
+        out({ event: 'error', message: e.message }, `shutdown failed: ${e.message}`);
+        void machine.stop();
+      });
+    }
+  };
+
+  if (run.json) machine.on('line', (line) => out({ event: 'console', line }, line));
+  else machine.on('console', (bytes) => process.stdout.write(bytes));
+  machine.on('line', (line) => {
+    const marker = parseGuestMarker(line);
+    if (!marker) return;
+    switch (marker.kind) {
+      case 'ready': return onReady('guest init ran');
+      case 'report': return out({ event: 'guest-report', key: marker.key, value: marker.value }, `guest: ${marker.key} = ${marker.value}`);
+      case 'exit':
+        commandStatus = marker.status;
+        return out({ event: 'command-exit', status: marker.status }, `guest command exited with status ${marker.status}`);
+    }
+  });
+  machine.server.on('connected', (e) => out({ event: 'vmbus-connected', version: e.version }, `guest: VMBus ${e.version} negotiated`));
+  machine.server.on('channel-open', (e) => {
+    out({ event: 'channel-open', relid: e.relid, class: e.classId, name: e.name }, `guest: channel ${e.relid} open: ${e.name}`);
+    // A guest without enlighten's /init has no marker: it is up once it can be shut down.
+    if (!defaultImage && e.name === 'shutdown') onReady('shutdown integration service open');
+  });
+
+  const api = await startApiServer(run.socketPath, async (request: ApiRequest) => {
+    switch (request.op) {
+      case 'shutdown': return shutdown(request.kind ?? 'shutdown');
+      case 'inspect':
+      case 'status': return vmStatus(machine.server, 'kvm', run.cpus, run.memoryBytes);
+      case 'disk-add': {
+        const disk = await disks.attach(parseDiskSpec(request.spec));
+        out({ event: 'disk-attached', ...disk }, `${disk.path} attached as LUN ${disk.lun}`);
+        return disk;
+      }
+      case 'disk-remove': {
+        const disk = await disks.detach(request.lun);
+        out({ event: 'disk-detached', ...disk }, `LUN ${disk.lun} (${disk.path}) detached`);
+        return disk;
+      }
+      case 'disk-list': return disks.list();
+      default: throw new Error(`unknown API operation ${(request as { op: string }).op}`);
+    }
+  });
+
+  const onSignal = (signal: string) => {
+    if (stopping) {
+      log(`${signal} again: stopping now`);
+      void machine.stop();
+      return;
+    }
+    stopping = true;
+    log(`${signal}: asking the guest to shut down`);
+    shutdown().catch((e: Error) => {
+      log(`shutdown through the integration service failed: ${e.message}; stopping the VM`);
+      void machine.stop();
+    });
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const stdinTty = process.stdin.isTTY === true && !run.json;
+  const onInput = (chunk: Buffer) => void machine.input(chunk);
+  let code = 1;
+  try {
+    for (const spec of run.disks) {
+      const disk = await disks.attach(spec);
+      log(`${disk.path} (${disk.format}, ${disk.sizeBytes} bytes${disk.readOnly ? ', read-only' : ''}) is LUN ${disk.lun}`);
+    }
+    if (stdinTty) {
+      process.stdin.setRawMode(true);
+      process.stdin.on('data', onInput);
+    }
+    machine.start();
+    const exit = await waitWithGrace(machine, () => stopping);
+    code = commandStatus ?? exit.code;
+    out({ event: 'exit', code, reason: exit.reason }, `guest stopped: ${exit.reason}`);
+  } catch (e) {
+    process.stderr.write(`enlighten: ${(e as Error).message}\n`);
+    code = 1;
+  } finally {
+    if (stdinTty) {
+      process.stdin.off('data', onInput);
+      process.stdin.setRawMode(false);
+      process.stdin.pause();
+    }
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    api.close();
+    await machine.stop();
+    await disks.close().catch((e: Error) => {
+      process.stderr.write(`enlighten: closing the disk images failed: ${e.message}\n`);
+      code = 1;
+    });
+  }
+  return code;
+}
+
+async function waitWithGrace(machine: KvmMachine, shuttingDown: () => boolean): Promise<MachineExit> {
+  const exit = machine.waitForExit();
+  for (;;) {
+    const tick = new Promise<null>((resolve) => setTimeout(() => resolve(null), 500).unref());
+    const first = await Promise.race([exit, tick]);
+    if (first) return first;
+    if (shuttingDown()) {
+      const late = await Promise.race([exit, new Promise<null>((resolve) => setTimeout(() => resolve(null), SHUTDOWN_GRACE_MS).unref())]);
+      return late ?? { code: 1, reason: `guest did not power off within ${SHUTDOWN_GRACE_MS / 1000} s of the shutdown request`, kind: 'stopped' };
+    }
+  }
+}
+
+function readInput(flag: string, file: string): Uint8Array {
+  try {
+    return fs.readFileSync(file);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new UsageError(`${flag}: cannot read '${file}' (${code === 'ENOENT' ? 'no such file' : code ?? (e as Error).message})`);
+  }
+}
+
+/** Quotes one word for the guest's sh -c. */
+function shellQuote(word: string): string {
+  return /^[A-Za-z0-9_./=:,@%+-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
+}
