@@ -19,7 +19,6 @@ import { KvmRunArea, kickVcpu } from '../../kvm/kvm-vcpu.js';
 import { installKickHandler } from '../../sys/thread-signal.js';
 import { EventFd } from '../../sys/eventfd.js';
 import type { Poller } from '../../sys/epoll.js';
-import { closeFd } from '../../sys/fd.js';
 import { LAPIC_BASE, RAM_BELOW_4G_MAX, SIGNAL_PORT } from '../../x86/platform-ports.js';
 import { KVM_IDENTITY_MAP_GPA, KVM_TSS_GPA } from '../../x86/guest-layout.js';
 import { Uart16550 } from '../../x86/uart-16550.js';
@@ -114,6 +113,7 @@ export class KvmPartition extends EventEmitter<KvmPartitionEvents> implements Pa
       vpCount: this.vpCount,
       tscHz: this.tscHz,
       referenceTime: () => this.referenceTime(),
+      guestTsc: () => this.guestTsc(),
       postMessage: () => 0,
       signalEvent: (connectionId) => this.signalFromSlowPath(connectionId),
       onCrash: (crash) => this.log(`guest crash reported: ${crash.p.map((v) => `0x${v.toString(16)}`).join(' ')}${crash.message ? `: ${crash.message}` : ''}`),
@@ -147,6 +147,14 @@ export class KvmPartition extends EventEmitter<KvmPartitionEvents> implements Pa
     this.signals.delete(connectionId);
   }
 
+  /** The guest's TSC now, extrapolated from vCPU 0's reading at start (before that: from the epoch). */
+  private guestTsc(): bigint {
+    const sample = this.tscSample ?? { tsc: 0n, atNs: this.epochNs };
+    return sample.tsc + ((process.hrtime.bigint() - sample.atNs) * BigInt(this.tscHz)) / 1_000_000_000n;
+  }
+
+  private tscSample: { tsc: bigint; atNs: bigint } | null = null;
+
   referenceTime(): bigint {
     return ((process.hrtime.bigint() - this.epochNs) * SECOND) / 1_000_000_000n;
   }
@@ -179,7 +187,7 @@ export class KvmPartition extends EventEmitter<KvmPartitionEvents> implements Pa
       };
       const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data });
       worker.on('message', (message: VcpuMessage) => this.onVcpuMessage(message));
-      worker.on('error', (e) => this.onStopped({ type: 'stopped', vp, reason: 'crash', detail: `vCPU ${vp} thread failed: ${e.stack ?? e}` }));
+      worker.on('error', (e) => this.onStopped({ vp, reason: 'crash', detail: `vCPU ${vp} thread failed: ${e.stack ?? e}` }));
       this.workers.push(worker);
     }
   }
@@ -228,8 +236,7 @@ export class KvmPartition extends EventEmitter<KvmPartitionEvents> implements Pa
     // The VM, vCPU and eventfd descriptors stay open until the process ends if a vCPU
     // thread could not be stopped: closing them could let it act on a reused fd number.
     if (this.workers.every((w) => w.threadId === -1)) {
-      for (const fd of this.vcpuFds) closeFd(fd);
-      this.vm.close();
+      this.vm.close(); // and the vCPU descriptors it created
       this.system.close();
     }
   }
@@ -286,6 +293,7 @@ export class KvmPartition extends EventEmitter<KvmPartitionEvents> implements Pa
     switch (message.type) {
       case 'started':
         this.threadIds[message.vp] = message.tid;
+        if (message.vp === 0) this.tscSample = { tsc: message.tsc, atNs: message.atNs };
         if (Atomics.load(this.control, CONTROL_STOP) !== 0) kickVcpu(this.runAreas[message.vp] ??= KvmRunArea.map(this.vcpuFds[message.vp]!, this.runAreaSize), message.tid);
         return;
       case 'test-report':

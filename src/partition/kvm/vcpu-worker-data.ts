@@ -29,7 +29,7 @@ export interface VcpuWorkerData {
 
 /** Messages a vCPU thread posts to the main thread (rare: lifecycle and test reports). */
 export type VcpuMessage =
-  | { type: 'started'; vp: number; tid: number }
+  | { type: 'started'; vp: number; tid: number; tsc: bigint; atNs: bigint }
   | { type: 'test-report'; vp: number; value: number }
   | { type: 'stopped'; vp: number; reason: VcpuStopReason; detail: string };
 

@@ -20,11 +20,13 @@ import { ExitCounter, VcpuExitStats } from './vcpu-exit-stats.js';
 import { VcpuMailbox, VcpuRequestOp } from './vcpu-mailbox.js';
 import { CONTROL_STOP, type VcpuMessage, type VcpuStopReason, type VcpuWorkerData } from './vcpu-worker-data.js';
 import { formatRegisterDump } from './register-dump.js';
+import { CMOS_DATA_PORT, CMOS_INDEX_PORT, CmosRtc } from '../../x86/cmos-rtc.js';
 
 const SYNTHETIC_MSR_FIRST = 0x40000000;
 const SYNTHETIC_MSR_LAST = 0x400001ff;
 const KVM_EXIT_IO_IN = 0;
 const SLP_EN = 1 << 5;
+const MSR_IA32_TSC = 0x10;
 
 const data = workerData as VcpuWorkerData;
 const vp = data.vp;
@@ -45,6 +47,8 @@ const uart = new Uart16550(data.uartState, {
   },
   setIrq: (level) => irqLineOnVm(data.vmFd, COM1_IRQ, level),
 });
+
+const rtc = new CmosRtc();
 
 function setUp(): void {
   vcpu.setCpuid(data.cpuid);
@@ -114,6 +118,11 @@ function onIo(): { reason: VcpuStopReason; detail: string } | null {
       if (isIn) bytes.setUint8(i * io.size, uart.read(port - COM1_PORT));
       else uart.write(port - COM1_PORT, bytes.getUint8(i * io.size));
     }
+    return null;
+  }
+  if (port === CMOS_INDEX_PORT || port === CMOS_DATA_PORT) {
+    if (port === CMOS_INDEX_PORT && !isIn) rtc.selectRegister(bytes.getUint8(0));
+    else if (port === CMOS_DATA_PORT && isIn) bytes.setUint8(0, rtc.read());
     return null;
   }
   if (!isIn) {
@@ -200,10 +209,12 @@ const REG: Record<string, number> = {
   r8: 8, r9: 9, r10: 10, r11: 11, r12: 12, r13: 13, r14: 14, r15: 15, rip: 16, rflags: 17,
 };
 
-post({ type: 'started', vp, tid: currentThreadId() });
 let result: { reason: VcpuStopReason; detail: string };
 try {
   setUp();
+  // The guest TSC now, with the host clock: the main thread's reference clock follows it.
+  const [tsc] = vcpu.getMsrs([MSR_IA32_TSC]);
+  post({ type: 'started', vp, tid: currentThreadId(), tsc: tsc!, atNs: process.hrtime.bigint() });
   result = loop();
 } catch (e) {
   result = { reason: 'crash', detail: `vCPU ${vp}: ${(e as Error).stack ?? e}` };
