@@ -248,7 +248,7 @@ export class KvmPartition extends EventEmitter<KvmPartitionEvents> implements Pa
 
   private inject(vp: number, vector: number): void {
     // Fixed delivery, edge, physical destination = the vCPU's APIC ID (its index).
-    this.vm.signalMsi(LAPIC_BASE | (vp << 12), 0, vector);
+    this.vm.signalMsi((LAPIC_BASE | (vp << 12)) >>> 0, 0, vector);
   }
 
   private signalFromSlowPath(connectionId: number): boolean {
