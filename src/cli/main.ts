@@ -5,6 +5,9 @@ import { defaultSocketPath } from '../api/api-protocol.js';
 import { inspectCommand } from './inspect-command.js';
 import { runCommand } from './run-command.js';
 import { UsageError } from './usage-error.js';
+import { DEFAULT_CMDLINE } from './kvm-run.js';
+import { addAcpiCommand } from './acpi-command.js';
+import { addGuestCommand } from './guest-command.js';
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
@@ -31,10 +34,19 @@ function program(): Command {
     .option('--api-socket <path>', 'control socket path (default: derived from --name)')
     .option('--disk <spec>', 'attach a disk image as the next SCSI LUN: PATH[,readonly][,format=raw|vhdx] (repeatable; PATH memory:SIZE is a RAM disk)', collect, [])
     .option('--expose-disks <dir>', 'the reference guest surfaces each disk it finds as the file DIR/lun<N> (FUSE)')
+    .option('--kernel <bzImage>', 'kvm: boot this kernel instead of the pinned Debian cloud kernel')
+    .option('--initrd <file>', 'kvm: initramfs for --kernel')
+    .option('--cmdline <text>', `kvm: kernel command line (default '${DEFAULT_CMDLINE}')`)
+    .addOption(new Option('--guest-kernel <version>', 'kvm: which pinned Debian kernel the default guest boots').choices(['6.1', '6.12']))
+    .option('--guest-package <name>', 'kvm: add a Debian package (with its libraries) to the default initramfs (repeatable)', collect, [])
     .option('-v, --verbose', 'log host and guest diagnostics to stderr')
-    .action(async (options) => {
-      process.exitCode = await runCommand(options);
+    .argument('[command...]', 'kvm: a command for the guest to run instead of a shell (after --); its exit status becomes ours')
+    .action(async (command: string[], options) => {
+      process.exitCode = await runCommand(options, command);
     });
+
+  addAcpiCommand(root);
+  addGuestCommand(root);
 
   const disk = root.command('disk').description("add, remove or list a running VM's disks (SCSI hot-plug)");
   const socketOf = (options: { apiSocket?: string; name: string }) => options.apiSocket ?? defaultSocketPath(options.name);

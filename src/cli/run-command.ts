@@ -14,6 +14,7 @@ import path from 'node:path';
 import { parseDiskSpec, type DiskSpec } from '../vm/disk-spec.js';
 import { VmStorage } from '../vm/vm-storage.js';
 import { UsageError } from './usage-error.js';
+import { runKvm } from './kvm-run.js';
 
 export interface RunOptions {
   backend: string;
@@ -28,6 +29,11 @@ export interface RunOptions {
   verbose?: boolean;
   disk?: string[];
   exposeDisks?: string;
+  kernel?: string;
+  initrd?: string;
+  cmdline?: string;
+  guestKernel?: string;
+  guestPackage?: string[];
 }
 
 const MIN_MEMORY = 16 * 1024 * 1024;
@@ -48,10 +54,14 @@ export interface ValidatedRun {
 }
 
 export function validateRunOptions(o: RunOptions): ValidatedRun {
-  if (o.backend === 'kvm') {
-    throw new UsageError("the KVM backend is not built yet in this version; use '--backend process' to run the reference guest");
+  if (o.backend !== 'process' && o.backend !== 'kvm') throw new UsageError(`unknown backend '${o.backend}': use 'process' or 'kvm'`);
+  if (o.backend === 'process') {
+    for (const [flag, value] of [['--kernel', o.kernel], ['--initrd', o.initrd], ['--cmdline', o.cmdline], ['--guest-kernel', o.guestKernel]] as const) {
+      if (value !== undefined) throw new UsageError(`${flag} boots a real kernel: it needs '--backend kvm'`);
+    }
+  } else if (o.exposeDisks !== undefined) {
+    throw new UsageError('--expose-disks is for the reference guest (--backend process); a real guest has its own block devices');
   }
-  if (o.backend !== 'process') throw new UsageError(`unknown backend '${o.backend}': use 'process' (or 'kvm' once available)`);
   if (o.events !== 'json' && o.events !== 'text') throw new UsageError(`--events must be 'json' or 'text', not '${o.events}'`);
   if (o.stopWhen !== 'ready' && o.stopWhen !== 'never') throw new UsageError(`--stop-when must be 'ready' or 'never', not '${o.stopWhen}'`);
   const cpus = Number(o.cpus);
@@ -107,8 +117,12 @@ function existingDirectory(flag: string, dir: string): string {
   return path.resolve(dir);
 }
 
-export async function runCommand(options: RunOptions): Promise<number> {
+export async function runCommand(options: RunOptions, guestCommand: string[] = []): Promise<number> {
   const run = validateRunOptions(options);
+  if (options.backend === 'kvm') {
+    return runKvm(run, { kernel: options.kernel, initrd: options.initrd, cmdline: options.cmdline, guestKernel: options.guestKernel, guestPackage: options.guestPackage, command: guestCommand });
+  }
+  if (guestCommand.length > 0) throw new UsageError('a command after -- runs inside a real guest: it needs --backend kvm');
   const out = (event: Record<string, unknown>, text: string) => {
     if (run.json) process.stdout.write(`${JSON.stringify(event)}\n`);
     else process.stdout.write(`${text}\n`);

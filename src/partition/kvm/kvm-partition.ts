@@ -217,10 +217,12 @@ export class KvmPartition extends EventEmitter<KvmPartitionEvents> implements Pa
     };
     kick();
     const timer = setInterval(kick, 20);
+    let giveUp: NodeJS.Timeout | undefined;
     try {
-      await Promise.race([Promise.all(exits), new Promise((resolve) => setTimeout(resolve, 5000))]);
+      await Promise.race([Promise.all(exits), new Promise((resolve) => (giveUp = setTimeout(resolve, 5000)))]);
     } finally {
       clearInterval(timer);
+      clearTimeout(giveUp);
     }
     for (const w of this.workers) await w.terminate();
     this.onConsole();
