@@ -11,7 +11,7 @@ import { KvmMachine, type MachineExit } from '../vm/kvm-machine.js';
 import { createStandardDevices, type StandardDevices } from '../vm/standard-devices.js';
 import { vmStatus } from '../vm/vm-status.js';
 import { VmStorage } from '../vm/vm-storage.js';
-import { parseDiskSpec } from '../vm/disk-spec.js';
+import { parseDiskSpec, type DiskSpec } from '../vm/disk-spec.js';
 import { defaultGuest } from '../guest-image/default-guest.js';
 import { validateGuestRam } from '../x86/guest-layout.js';
 import { parseGuestMarker } from '../guest-image/guest-markers.js';
@@ -27,6 +27,8 @@ export interface KvmRunOptions {
   /** A command for enlighten's /init to run instead of a shell (the words after `--`). */
   command?: string[];
   kvmPath?: string;
+  /** What a guest reboot does: end the run (exit 0) or boot the guest again. */
+  onReboot?: 'exit' | 'restart';
 }
 
 export const DEFAULT_CMDLINE = 'console=ttyS0 panic=-1 pci=off';
@@ -73,28 +75,16 @@ export async function runKvm(run: ValidatedRun, o: KvmRunOptions): Promise<numbe
   let cmdline = o.cmdline ?? DEFAULT_CMDLINE;
   if (o.command && o.command.length > 0) cmdline += ` enlighten.cmd=${Buffer.from(o.command.map(shellQuote).join(' ')).toString('base64')}`;
 
+  // What stays across a guest reboot: the disks (re-attached to each new machine), the
+  // API socket, the signal handlers.
+  const diskSpecs: DiskSpec[] = [...run.disks];
   let devices: StandardDevices | null = null;
-  let disks!: VmStorage;
-  const machine = new KvmMachine({
-    memoryBytes: run.memoryBytes,
-    cpus: run.cpus,
-    kernel,
-    initrd,
-    cmdline,
-    maxVersion: run.maxVersion,
-    kvmPath: o.kvmPath,
-    log,
-    devices: (context) => {
-      devices = createStandardDevices({ poller: context.poller, referenceTime: () => context.partition.referenceTime(), log });
-      disks = new VmStorage({ poller: context.poller, server: context.server, cpus: run.cpus, log });
-      return [...devices.all, disks.controller];
-    },
-  });
-  log(`booting ${machine.kernelVersion} with '${cmdline}'`);
-
+  let disks: VmStorage | null = null;
+  let machine: KvmMachine | null = null;
   let commandStatus: number | null = null;
   let ready = false;
   let stopping = false;
+
   const shutdown = async (kind: 'shutdown' | 'restart' = 'shutdown') => {
     const service = devices?.shutdown.service;
     if (!service) throw new Error('the guest has not opened the shutdown integration service (hv_utils not loaded yet)');
@@ -103,54 +93,106 @@ export async function runKvm(run: ValidatedRun, o: KvmRunOptions): Promise<numbe
     return status;
   };
   const onReady = (how: string) => {
-    if (ready) return;
+    if (ready || !machine) return;
     ready = true;
     out({ event: 'ready', version: machine.server.negotiatedVersion, channels: machine.server.channelInfo().length, api: run.socketPath }, `guest is up (${how}); control socket ${run.socketPath}`);
     if (run.stopWhenReady && !stopping) {
       stopping = true;
       shutdown().catch((e: Error) => {
         out({ event: 'error', message: e.message }, `shutdown failed: ${e.message}`);
-        void machine.stop();
+        void machine?.stop();
       });
     }
   };
+  const requireDisks = () => {
+    if (!disks) throw new Error('the VM is between boots; try again');
+    return disks;
+  };
 
-  if (run.json) machine.on('line', (line) => out({ event: 'console', line }, line));
-  else machine.on('console', (bytes) => process.stdout.write(bytes));
-  machine.on('line', (line) => {
-    const marker = parseGuestMarker(line);
-    if (!marker) return;
-    switch (marker.kind) {
-      case 'ready': return onReady('guest init ran');
-      case 'report': return out({ event: 'guest-report', key: marker.key, value: marker.value }, `guest: ${marker.key} = ${marker.value}`);
-      case 'exit':
-        commandStatus = marker.status;
-        return out({ event: 'command-exit', status: marker.status }, `guest command exited with status ${marker.status}`);
+  const boot = async (): Promise<KvmMachine> => {
+    ready = false;
+    const created = new KvmMachine({
+      memoryBytes: run.memoryBytes,
+      cpus: run.cpus,
+      kernel,
+      initrd,
+      cmdline,
+      maxVersion: run.maxVersion,
+      kvmPath: o.kvmPath,
+      log,
+      devices: (context) => {
+        devices = createStandardDevices({ poller: context.poller, referenceTime: () => context.partition.referenceTime(), log });
+        disks = new VmStorage({ poller: context.poller, server: context.server, cpus: run.cpus, log });
+        return [...devices.all, disks.controller];
+      },
+    });
+    machine = created;
+    log(`booting ${created.kernelVersion} with '${cmdline}'`);
+    if (run.json) created.on('line', (line) => out({ event: 'console', line }, line));
+    else created.on('console', (bytes) => process.stdout.write(bytes));
+    created.on('line', (line) => {
+      const marker = parseGuestMarker(line);
+      if (!marker) return;
+      switch (marker.kind) {
+        case 'ready': return onReady('guest init ran');
+        case 'report': return out({ event: 'guest-report', key: marker.key, value: marker.value }, `guest: ${marker.key} = ${marker.value}`);
+        case 'exit':
+          commandStatus = marker.status;
+          return out({ event: 'command-exit', status: marker.status }, `guest command exited with status ${marker.status}`);
+      }
+    });
+    created.server.on('connected', (e) => out({ event: 'vmbus-connected', version: e.version }, `guest: VMBus ${e.version} negotiated`));
+    created.server.on('channel-open', (e) => {
+      out({ event: 'channel-open', relid: e.relid, class: e.classId, name: e.name }, `guest: channel ${e.relid} open: ${e.name}`);
+      // A guest without enlighten's /init has no marker: it is up once it can be shut down.
+      if (!defaultImage && e.name === 'shutdown') onReady('shutdown integration service open');
+    });
+    for (const spec of diskSpecs) {
+      const disk = await disks!.attach(spec);
+      log(`${disk.path} (${disk.format}, ${disk.sizeBytes} bytes${disk.readOnly ? ', read-only' : ''}) is LUN ${disk.lun}`);
     }
-  });
-  machine.server.on('connected', (e) => out({ event: 'vmbus-connected', version: e.version }, `guest: VMBus ${e.version} negotiated`));
-  machine.server.on('channel-open', (e) => {
-    out({ event: 'channel-open', relid: e.relid, class: e.classId, name: e.name }, `guest: channel ${e.relid} open: ${e.name}`);
-    // A guest without enlighten's /init has no marker: it is up once it can be shut down.
-    if (!defaultImage && e.name === 'shutdown') onReady('shutdown integration service open');
-  });
+    created.start();
+    return created;
+  };
+  const teardown = async (): Promise<boolean> => {
+    let clean = true;
+    const m = machine;
+    const d = disks;
+    machine = null;
+    disks = null;
+    devices = null;
+    if (m) await m.stop();
+    if (d) {
+      await d.close().catch((e: Error) => {
+        process.stderr.write(`enlighten: closing the disk images failed: ${e.message}\n`);
+        clean = false;
+      });
+    }
+    return clean;
+  };
 
   const api = await startApiServer(run.socketPath, async (request: ApiRequest) => {
     switch (request.op) {
       case 'shutdown': return shutdown(request.kind ?? 'shutdown');
       case 'inspect':
-      case 'status': return vmStatus(machine.server, 'kvm', run.cpus, run.memoryBytes);
+      case 'status':
+        if (!machine) throw new Error('the VM is between boots; try again');
+        return vmStatus(machine.server, 'kvm', run.cpus, run.memoryBytes);
       case 'disk-add': {
-        const disk = await disks.attach(parseDiskSpec(request.spec));
+        const spec = parseDiskSpec(request.spec);
+        const disk = await requireDisks().attach(spec);
+        diskSpecs.push(spec);
         out({ event: 'disk-attached', ...disk }, `${disk.path} attached as LUN ${disk.lun}`);
         return disk;
       }
       case 'disk-remove': {
-        const disk = await disks.detach(request.lun);
+        const disk = await requireDisks().detach(request.lun);
+        const index = diskSpecs.findIndex((spec) => spec.path === disk.path);
+        if (index >= 0) diskSpecs.splice(index, 1);
         out({ event: 'disk-detached', ...disk }, `LUN ${disk.lun} (${disk.path}) detached`);
         return disk;
       }
-      case 'disk-list': return disks.list();
+      case 'disk-list': return requireDisks().list();
       default: throw new Error(`unknown API operation ${(request as { op: string }).op}`);
     }
   });
@@ -158,34 +200,38 @@ export async function runKvm(run: ValidatedRun, o: KvmRunOptions): Promise<numbe
   const onSignal = (signal: string) => {
     if (stopping) {
       log(`${signal} again: stopping now`);
-      void machine.stop();
+      void machine?.stop();
       return;
     }
     stopping = true;
     log(`${signal}: asking the guest to shut down`);
     shutdown().catch((e: Error) => {
       log(`shutdown through the integration service failed: ${e.message}; stopping the VM`);
-      void machine.stop();
+      void machine?.stop();
     });
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   const stdinTty = process.stdin.isTTY === true && !run.json;
-  const onInput = (chunk: Buffer) => void machine.input(chunk);
+  const onInput = (chunk: Buffer) => void machine?.input(chunk);
   let code = 1;
   try {
-    for (const spec of run.disks) {
-      const disk = await disks.attach(spec);
-      log(`${disk.path} (${disk.format}, ${disk.sizeBytes} bytes${disk.readOnly ? ', read-only' : ''}) is LUN ${disk.lun}`);
-    }
     if (stdinTty) {
       process.stdin.setRawMode(true);
       process.stdin.on('data', onInput);
     }
-    machine.start();
-    const exit = await waitWithGrace(machine, () => stopping);
-    code = commandStatus ?? exit.code;
-    out({ event: 'exit', code, reason: exit.reason }, `guest stopped: ${exit.reason}`);
+    for (;;) {
+      const running = await boot();
+      const exit = await waitWithGrace(running, () => stopping);
+      if (exit.kind === 'reboot' && o.onReboot === 'restart' && !stopping) {
+        out({ event: 'reboot', reason: exit.reason }, `guest rebooted (${exit.reason}); starting it again`);
+        if (!(await teardown())) break;
+        continue;
+      }
+      code = commandStatus ?? exit.code;
+      out({ event: 'exit', code, reason: exit.reason }, `guest stopped: ${exit.reason}`);
+      break;
+    }
   } catch (e) {
     process.stderr.write(`enlighten: ${(e as Error).message}\n`);
     code = 1;
@@ -198,11 +244,7 @@ export async function runKvm(run: ValidatedRun, o: KvmRunOptions): Promise<numbe
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     api.close();
-    await machine.stop();
-    await disks.close().catch((e: Error) => {
-      process.stderr.write(`enlighten: closing the disk images failed: ${e.message}\n`);
-      code = 1;
-    });
+    if (!(await teardown())) code = 1;
   }
   return code;
 }

@@ -39,6 +39,8 @@ function program(): Command {
     .option('--cmdline <text>', `kvm: kernel command line (default '${DEFAULT_CMDLINE}')`)
     .addOption(new Option('--guest-kernel <version>', 'kvm: which pinned Debian kernel the default guest boots').choices(['6.1', '6.12']))
     .option('--guest-package <name>', 'kvm: add a Debian package (with its libraries) to the default initramfs (repeatable)', collect, [])
+    .option('--kvm-device <path>', 'kvm: the KVM device', '/dev/kvm')
+    .addOption(new Option('--on-reboot <action>', 'kvm: when the guest reboots, exit (status 0) or restart it').choices(['exit', 'restart']).default('restart'))
     .option('-v, --verbose', 'log host and guest diagnostics to stderr')
     .argument('[command...]', 'kvm: a command for the guest to run instead of a shell (after --); its exit status becomes ours')
     .action(async (command: string[], options) => {

@@ -34,6 +34,8 @@ export interface RunOptions {
   cmdline?: string;
   guestKernel?: string;
   guestPackage?: string[];
+  kvmDevice?: string;
+  onReboot?: string;
 }
 
 const MIN_MEMORY = 16 * 1024 * 1024;
@@ -120,7 +122,7 @@ function existingDirectory(flag: string, dir: string): string {
 export async function runCommand(options: RunOptions, guestCommand: string[] = []): Promise<number> {
   const run = validateRunOptions(options);
   if (options.backend === 'kvm') {
-    return runKvm(run, { kernel: options.kernel, initrd: options.initrd, cmdline: options.cmdline, guestKernel: options.guestKernel, guestPackage: options.guestPackage, command: guestCommand });
+    return runKvm(run, { kernel: options.kernel, initrd: options.initrd, cmdline: options.cmdline, guestKernel: options.guestKernel, guestPackage: options.guestPackage, command: guestCommand, kvmPath: options.kvmDevice, onReboot: options.onReboot === 'restart' ? 'restart' : 'exit' });
   }
   if (guestCommand.length > 0) throw new UsageError('a command after -- runs inside a real guest: it needs --backend kvm');
   const out = (event: Record<string, unknown>, text: string) => {

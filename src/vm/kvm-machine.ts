@@ -96,6 +96,7 @@ export class KvmMachine extends EventEmitter<KvmMachineEvents> {
     switch (stop.reason) {
       case 'poweroff': return { code: 0, reason: firstLine, kind: stop.reason };
       case 'reboot': return { code: 0, reason: firstLine, kind: stop.reason };
+      case 'stopped': return { code: 1, reason: 'the host stopped the VM before the guest powered off', kind: stop.reason };
       default: return { code: 1, reason: stop.detail, kind: stop.reason };
     }
   }

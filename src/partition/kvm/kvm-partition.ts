@@ -308,8 +308,8 @@ export class KvmPartition extends EventEmitter<KvmPartitionEvents> implements Pa
 
   private onStopped(message: { vp: number; reason: VcpuStopReason; detail: string }): void {
     this.onConsole();
+    if (message.reason === 'stopped') this.log(message.detail);
     if (this.stopResult) return;
-    if (message.reason === 'stopped') return; // our own stop, not the guest's doing
     this.stopResult = { reason: message.reason, detail: message.detail, vp: message.vp };
     this.emit('stopped', this.stopResult);
   }

@@ -65,7 +65,7 @@ function setUp(): void {
 /** Runs the guest until it stops; returns why. */
 function loop(): { reason: VcpuStopReason; detail: string } {
   for (;;) {
-    if (Atomics.load(control, CONTROL_STOP) !== 0) return { reason: 'stopped', detail: 'the host stopped the VM' };
+    if (Atomics.load(control, CONTROL_STOP) !== 0) return { reason: 'stopped', detail: `vCPU ${vp} stopped by the host at\n${dump()}` };
     const exit = vcpu.run();
     stats.count(vp, ExitCounter.Total);
     switch (exit) {
