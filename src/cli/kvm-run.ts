@@ -16,6 +16,7 @@ import { defaultGuest } from '../guest-image/default-guest.js';
 import { validateGuestRam } from '../x86/guest-layout.js';
 import { parseGuestMarker } from '../guest-image/guest-markers.js';
 import { UsageError } from './usage-error.js';
+import { SerialConsole } from '../x86/serial-console.js';
 import type { ValidatedRun } from './run-command.js';
 
 export interface KvmRunOptions {
@@ -129,7 +130,9 @@ export async function runKvm(run: ValidatedRun, o: KvmRunOptions): Promise<numbe
     machine = created;
     log(`booting ${created.kernelVersion} with '${cmdline}'`);
     if (run.json) created.on('line', (line) => out({ event: 'console', line }, line));
-    else created.on('console', (bytes) => process.stdout.write(bytes));
+    else created.on('console', (bytes) => {
+      for (const byte of bytes) serial?.transmit(byte);
+    });
     created.on('line', (line) => {
       const marker = parseGuestMarker(line);
       if (!marker) return;
@@ -197,6 +200,16 @@ export async function runKvm(run: ValidatedRun, o: KvmRunOptions): Promise<numbe
     }
   });
 
+  // Text mode: the console is the terminal (raw keyboard input when stdin is one; Ctrl-A x
+  // stops the VM). JSON mode: console lines are events and stdin is left alone.
+  const serial = run.json ? null : new SerialConsole({
+    sink: { receive: (bytes) => machine?.input(bytes) ?? 0 },
+    onStop: () => {
+      log('Ctrl-A x: stopping the VM');
+      stopping = true;
+      void machine?.stop();
+    },
+  });
   const onSignal = (signal: string) => {
     if (stopping) {
       log(`${signal} again: stopping now`);
@@ -212,14 +225,8 @@ export async function runKvm(run: ValidatedRun, o: KvmRunOptions): Promise<numbe
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
-  const stdinTty = process.stdin.isTTY === true && !run.json;
-  const onInput = (chunk: Buffer) => void machine?.input(chunk);
   let code = 1;
   try {
-    if (stdinTty) {
-      process.stdin.setRawMode(true);
-      process.stdin.on('data', onInput);
-    }
     for (;;) {
       const running = await boot();
       const exit = await waitWithGrace(running, () => stopping);
@@ -236,11 +243,7 @@ export async function runKvm(run: ValidatedRun, o: KvmRunOptions): Promise<numbe
     process.stderr.write(`enlighten: ${(e as Error).message}\n`);
     code = 1;
   } finally {
-    if (stdinTty) {
-      process.stdin.off('data', onInput);
-      process.stdin.setRawMode(false);
-      process.stdin.pause();
-    }
+    serial?.close();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     api.close();
