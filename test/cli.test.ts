@@ -40,7 +40,12 @@ test('bad arguments get one line on stderr and exit code 2', () => {
     ['run', '--vmbus-version', '9.9'],
     ['run', '--no-such-flag'],
     ['frobnicate'],
-    ['run', '--backend', 'kvm'],
+    ['run', '--backend', 'xen'],
+    ['run', '--backend', 'kvm', '--guest-kernel', '5.10'],
+    ['run', '--backend', 'kvm', '--on-reboot', 'sometimes'],
+    ['run', '--kernel', '/boot/vmlinuz'],
+    ['run', '--backend', 'kvm', '--expose-disks', '/tmp'],
+    ['acpi', '--dump', '/tmp/x', '--cpus', '0'],
   ]) {
     const r = runSync(args);
     assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
