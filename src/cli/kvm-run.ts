@@ -16,6 +16,7 @@ import { defaultGuest } from '../guest-image/default-guest.js';
 import { validateGuestRam } from '../x86/guest-layout.js';
 import { parseGuestMarker } from '../guest-image/guest-markers.js';
 import { UsageError } from './usage-error.js';
+import { exitWithGrace } from '../vm/exit-after-shutdown.js';
 import { SerialConsole } from '../x86/serial-console.js';
 import type { ValidatedRun } from './run-command.js';
 
@@ -229,7 +230,7 @@ export async function runKvm(run: ValidatedRun, o: KvmRunOptions): Promise<numbe
   try {
     for (;;) {
       const running = await boot();
-      const exit = await waitWithGrace(running, () => stopping);
+      const exit = await exitWithGrace(running.waitForExit(), () => stopping, SHUTDOWN_GRACE_MS, (): MachineExit => ({ code: 1, reason: `guest did not power off within ${SHUTDOWN_GRACE_MS / 1000} s of the shutdown request`, kind: 'stopped' }));
       if (exit.kind === 'reboot' && o.onReboot === 'restart' && !stopping) {
         out({ event: 'reboot', reason: exit.reason }, `guest rebooted (${exit.reason}); starting it again`);
         if (!(await teardown())) break;
@@ -250,19 +251,6 @@ export async function runKvm(run: ValidatedRun, o: KvmRunOptions): Promise<numbe
     if (!(await teardown())) code = 1;
   }
   return code;
-}
-
-async function waitWithGrace(machine: KvmMachine, shuttingDown: () => boolean): Promise<MachineExit> {
-  const exit = machine.waitForExit();
-  for (;;) {
-    const tick = new Promise<null>((resolve) => setTimeout(() => resolve(null), 500).unref());
-    const first = await Promise.race([exit, tick]);
-    if (first) return first;
-    if (shuttingDown()) {
-      const late = await Promise.race([exit, new Promise<null>((resolve) => setTimeout(() => resolve(null), SHUTDOWN_GRACE_MS).unref())]);
-      return late ?? { code: 1, reason: `guest did not power off within ${SHUTDOWN_GRACE_MS / 1000} s of the shutdown request`, kind: 'stopped' };
-    }
-  }
 }
 
 function readInput(flag: string, file: string): Uint8Array {

@@ -15,6 +15,7 @@ import { parseDiskSpec, type DiskSpec } from '../vm/disk-spec.js';
 import { VmStorage } from '../vm/vm-storage.js';
 import { UsageError } from './usage-error.js';
 import { runKvm } from './kvm-run.js';
+import { exitWithGrace } from '../vm/exit-after-shutdown.js';
 
 export interface RunOptions {
   backend: string;
@@ -204,7 +205,7 @@ export async function runCommand(options: RunOptions, guestCommand: string[] = [
       stopping = true;
       await shutdown();
     }
-    const exit = await withTimeoutAfterShutdown(vm, () => stopping);
+    const exit = await exitWithGrace(vm.waitForExit(), () => stopping, SHUTDOWN_GRACE_MS, () => ({ code: 1, reason: `guest did not power off within ${SHUTDOWN_GRACE_MS / 1000} s of the shutdown request` }));
     code = exit.code;
     out({ event: 'exit', code: exit.code, reason: exit.reason }, `guest stopped: ${exit.reason}`);
   } catch (e) {
@@ -221,20 +222,6 @@ export async function runCommand(options: RunOptions, guestCommand: string[] = [
     });
   }
   return code;
-}
-
-/** Waits for the guest to stop; once a shutdown was asked for, gives it a bounded time. */
-async function withTimeoutAfterShutdown(vm: ProcessVm, shuttingDown: () => boolean): Promise<{ code: number; reason: string }> {
-  const exit = vm.waitForExit();
-  for (;;) {
-    const tick = new Promise<null>((resolve) => setTimeout(() => resolve(null), 500).unref());
-    const first = await Promise.race([exit, tick]);
-    if (first) return first;
-    if (shuttingDown()) {
-      const late = await Promise.race([exit, new Promise<null>((resolve) => setTimeout(() => resolve(null), SHUTDOWN_GRACE_MS).unref())]);
-      return late ?? { code: 1, reason: `guest did not power off within ${SHUTDOWN_GRACE_MS / 1000} s of the shutdown request` };
-    }
-  }
 }
 
 function printReport(report: GuestReport, out: (event: Record<string, unknown>, text: string) => void, log: (m: string) => void): void {

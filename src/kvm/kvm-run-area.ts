@@ -92,12 +92,7 @@ export class InternalErrorExit {
   get suberror(): number { return this.area.view.getUint32(RUN_EXIT, true); }
   get ndata(): number { return this.area.view.getUint32(RUN_EXIT + 4, true); }
   /** The ndata words KVM attached (at most 16). */
-  get data(): bigint[] {
-    const n = Math.min(this.ndata, 16);
-    const out: bigint[] = [];
-    for (let i = 0; i < n; i++) out.push(this.area.view.getBigUint64(RUN_EXIT + 8 + i * 8, true));
-    return out;
-  }
+  get data(): bigint[] { return exitDataWords(this.area.view, this.ndata); }
 }
 
 /** kvm_run.fail_entry (KVM_EXIT_FAIL_ENTRY): the VM entry itself failed. */
@@ -112,12 +107,15 @@ export class SystemEventExit {
   constructor(private readonly area: KvmRunArea) {}
   get type(): number { return this.area.view.getUint32(RUN_EXIT, true); }
   get ndata(): number { return this.area.view.getUint32(RUN_EXIT + 4, true); }
-  get data(): bigint[] {
-    const n = Math.min(this.ndata, 16);
-    const out: bigint[] = [];
-    for (let i = 0; i < n; i++) out.push(this.area.view.getBigUint64(RUN_EXIT + 8 + i * 8, true));
-    return out;
-  }
+  get data(): bigint[] { return exitDataWords(this.area.view, this.ndata); }
+}
+
+/** The u64 words after an exit's (u32 kind, u32 ndata) header; KVM sends at most 16. */
+function exitDataWords(view: DataView, ndata: number): bigint[] {
+  const n = Math.min(ndata, 16);
+  const out: bigint[] = [];
+  for (let i = 0; i < n; i++) out.push(view.getBigUint64(RUN_EXIT + 8 + i * 8, true));
+  return out;
 }
 
 export class KvmRunArea {
