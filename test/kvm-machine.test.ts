@@ -18,7 +18,7 @@ const BIN = new URL('../../bin/enlighten.js', import.meta.url).pathname;
 const kvmMissing = fs.existsSync('/dev/kvm') ? false : 'NEEDS /dev/kvm';
 const BOOT_PARAMS_CMD_LINE_PTR = 0x228;
 
-type Ending = 'poweroff' | 'reset' | 'triple-fault';
+type Ending = 'poweroff' | 'reset' | 'triple-fault' | 'panic';
 
 /** The stub kernel's 64-bit entry (at payload offset 0x200). RSI = boot_params. */
 function stubKernel(ending: Ending, extraLine?: string): Uint8Array {
@@ -42,6 +42,13 @@ function stubKernel(ending: Ending, extraLine?: string): Uint8Array {
       a.movImm32('edx', ACPI_SLEEP_CONTROL_PORT).movImm32('eax', 0x34).outDxAl();
       break;
     case 'reset':
+      a.movImm32('edx', ACPI_RESET_PORT).movImm32('eax', 1).outDxAl();
+      break;
+    case 'panic': // what Linux's Hyper-V panic notifier does, then panic=-1's reset
+      for (const [msr, value] of [[0x40000100, 0xdead], [0x40000101, 0x81], [0x40000102, 0x1234], [0x40000103, 0], [0x40000104, 0]]) {
+        a.movImm32('ecx', msr!).movImm32('eax', value!).movImm32('edx', 0).wrmsr();
+      }
+      a.movImm32('ecx', 0x40000105).movImm32('eax', 0).movImm32('edx', 0x80000000).wrmsr();
       a.movImm32('edx', ACPI_RESET_PORT).movImm32('eax', 1).outDxAl();
       break;
     case 'triple-fault': // ud2 with no IDT: #UD, #GP, #DF, shutdown
@@ -117,6 +124,14 @@ test('a triple fault ends the VM with status 1 and a register dump', { skip: kvm
   const exit = events(r.stdout).find((e) => e.event === 'exit')!;
   assert.match(String(exit.reason), /triple fault/);
   assert.match(String(exit.reason), /RIP=[0-9a-f]{16}/);
+});
+
+test('a guest that reports a panic through the Hyper-V crash MSRs ends with status 1 and the crash, not a restart', { skip: kvmMissing, timeout: 90_000 }, async () => {
+  const r = await runVm(['--kernel', kernelFile('panic'), '--memory', '128M']);
+  assert.equal(r.code, 1, r.stderr);
+  const exit = events(r.stdout).find((e) => e.event === 'exit')!;
+  assert.match(String(exit.reason), /guest crashed: error code 0xdead/);
+  assert.equal(events(r.stdout).filter((e) => e.event === 'reboot').length, 0);
 });
 
 test('without VT-x/AMD-V the KVM backend refuses with one line that names the alternative', { skip: kvmMissing, timeout: 30_000 }, async (t) => {

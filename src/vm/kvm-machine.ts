@@ -93,6 +93,8 @@ export class KvmMachine extends EventEmitter<KvmMachineEvents> {
   async waitForExit(): Promise<MachineExit> {
     const stop = await this.partition.waitForStop();
     const firstLine = stop.detail.split('\n')[0]!;
+    // A panicking Linux resets (panic=-1) or halts after writing the crash MSRs.
+    if (this.partition.crash !== null && (stop.reason === 'reboot' || stop.reason === 'poweroff')) return { code: 1, reason: this.partition.crash, kind: 'crash' };
     switch (stop.reason) {
       case 'poweroff': return { code: 0, reason: firstLine, kind: stop.reason };
       case 'reboot': return { code: 0, reason: firstLine, kind: stop.reason };

@@ -12,6 +12,7 @@ import { GuestMemory } from '../../memory/guest-memory.js';
 import { Synic } from '../../hyperv/synic.js';
 import { HypervEmulator } from '../../hyperv/hv-emulator.js';
 import { buildGuestCpuid } from '../../hyperv/hv-cpuid.js';
+import { describeGuestCrash } from '../../hyperv/guest-crash.js';
 import { KvmSystem } from '../../kvm/kvm-system.js';
 import type { KvmVm } from '../../kvm/kvm-vm.js';
 import { KvmCap, MsrExitReason } from '../../kvm/kvm-constants.js';
@@ -116,7 +117,12 @@ export class KvmPartition extends EventEmitter<KvmPartitionEvents> implements Pa
       guestTsc: () => this.guestTsc(),
       postMessage: () => 0,
       signalEvent: (connectionId) => this.signalFromSlowPath(connectionId),
-      onCrash: (crash) => this.log(`guest crash reported: ${crash.p.map((v) => `0x${v.toString(16)}`).join(' ')}${crash.message ? `: ${crash.message}` : ''}`),
+      onCrash: (crash) => {
+        // Linux reports a panic here before it resets (panic=-1) or hangs: remember it, so
+        // the reset that follows ends the VM as a crash instead of a reboot.
+        this.crash = describeGuestCrash(crash);
+        this.log(this.crash);
+      },
       log: this.log,
     });
     this.hv.setPostMessageHandler(null);
@@ -154,6 +160,8 @@ export class KvmPartition extends EventEmitter<KvmPartitionEvents> implements Pa
   }
 
   private tscSample: { tsc: bigint; atNs: bigint } | null = null;
+  /** What the guest reported through the Hyper-V crash MSRs, if it panicked. */
+  crash: string | null = null;
 
   referenceTime(): bigint {
     return ((process.hrtime.bigint() - this.epochNs) * SECOND) / 1_000_000_000n;
