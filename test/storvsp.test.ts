@@ -98,6 +98,7 @@ class FakeGuestChannel {
       guestSignal: this.signal,
       memory,
       targetVp: 0,
+      gpadl: () => null,
       signalGuest() {
         self.hostSignals++;
       },

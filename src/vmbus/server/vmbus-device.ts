@@ -4,6 +4,7 @@
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { EventFd } from '../../sys/eventfd.js';
 import type { RingMemory } from '../ring/ring-memory.js';
+import type { GpaRange } from '../../memory/gpa-range.js';
 
 export interface DeviceOffer {
   channelFlags?: number;
@@ -32,6 +33,12 @@ export interface OpenChannel {
   signalGuest(): void;
   /** Tell the server the device found the channel unusable (corrupt ring): it stops serving it. */
   fail(reason: string): void;
+  /**
+   * The page ranges of a GPADL the guest created for this channel (complete, not torn
+   * down), e.g. netvsc's receive and send buffers; null for any other id. The pages are
+   * checked to be inside guest RAM; map them with memory.mapPages.
+   */
+  gpadl(id: number): readonly GpaRange[] | null;
 }
 
 export interface VmbusDevice {

@@ -403,6 +403,11 @@ export class VmbusServer extends EventEmitter<ServerEvents> {
       signalGuest: () => {
         if (channel.open === open) server.partition.synic.signalEvent(channel.targetVp, server.messageSint, channel.relid);
       },
+      gpadl: (id: number) => {
+        const found = server.gpadls.get(id);
+        if (!found || found.assembler || found.childRelid !== channel.relid) return null;
+        return found.ranges;
+      },
       fail: (reason: string) => {
         if (channel.open !== open) return;
         server.protocolError(`relid ${channel.relid} (${channel.device.name}) failed: ${reason}`);
