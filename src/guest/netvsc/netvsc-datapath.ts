@@ -1,0 +1,406 @@
+// The netvsc data path of the reference guest (Linux netvsc.c netvsc_send / netvsc_receive,
+// netvsc_drv.c netvsc_xmit / netvsc_alloc_recv_skb). Send: each frame becomes an RNDIS
+// PACKET with a checksum or LSOv2 PPI (from the frame's PacketOffload) and goes out as
+// SEND_RNDIS_PKT, either copied into a send-buffer section (small frames) or, when it does
+// not fit one, from a per-queue bounce buffer in guest pages described GPA-direct. Receive:
+// transfer-page packets from the 0xCAFE receive buffer, one RNDIS message per range; data
+// frames go to the receiver with their RX checksum verdict, control messages to the RNDIS
+// filter, and every packet is completed with {108, status}. Per-packet state lives in
+// preallocated tables; nothing is allocated per frame.
+import type { GuestMemory } from '../../memory/guest-memory.js';
+import { PAGE_SIZE } from '../../memory/page.js';
+import { DecodeError, decodeTransferPageHeader, PACKET_FLAG_COMPLETION_REQUESTED, PacketType, TransferPageHeader } from '../../vmbus/packet.js';
+import {
+  NETVSC_RECEIVE_BUFFER_ID,
+  NVSP_INVALID_SECTION_INDEX,
+  NVSP_MESSAGE_SIZE,
+  NvspDecoder,
+  NvspStatus,
+  RndisChannelType,
+  VRSS_SEND_TABLE_SIZE,
+  encodeRndisPacketCompleteMessage,
+  encodeRndisPacketMessage,
+  isNvspError,
+} from '../../devices/netvsp/nvsp-protocol.js';
+import { RndisDecoder, RndisError, RndisMessageSize, encodeRndisPacketHeader } from '../../devices/netvsp/rndis-protocol.js';
+import { LsoIpVersion, PacketInfo, PpiType, PPI_U32_RECORD_SIZE, RxChecksum, TxChecksum, decodePacketInfo, lsoV2Info, txChecksumInfo, writeU32Ppi } from '../../devices/netvsp/per-packet-info.js';
+import { PacketOffload } from '../../backends/net/net-backend.js';
+import { ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPPROTO_TCP, IPPROTO_UDP, ParsedPacket, parsePacket } from '../../backends/net/packet-parse.js';
+import { fillIpv4HeaderChecksum, fillPartialChecksum, finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6 } from '../../backends/net/inet-checksum.js';
+import type { PageAllocator } from '../page-allocator.js';
+import type { NetvscPort, NvspSession } from './netvsc-handshake.js';
+
+/** Largest frame the data path sends: a 64 KiB GSO frame plus Ethernet/VLAN headers. */
+export const NETVSC_MAX_SEND_FRAME = 65536 + 18;
+/** Room for the PPIs netvsc_xmit adds (hash, VLAN, checksum or LSO: 16 bytes each). */
+const MAX_PPI_BYTES = 4 * PPI_U32_RECORD_SIZE;
+const BOUNCE_PAGES = Math.ceil((RndisMessageSize.Packet + MAX_PPI_BYTES + NETVSC_MAX_SEND_FRAME) / PAGE_SIZE);
+const SLOT_FREE = 0;
+const SLOT_SECTION = 1;
+const SLOT_BOUNCE = 2;
+const SLOT_CONTROL = 3;
+
+/** A received frame: frame[offset, offset+length) is valid only during the call. */
+export type FrameHandler = (queue: number, frame: Uint8Array, offset: number, length: number, offload: PacketOffload) => void;
+/** An RNDIS control message (completion or indication) at bytes[offset, offset+length). */
+export type ControlHandler = (bytes: Uint8Array, offset: number, length: number) => void;
+
+export interface DatapathStats {
+  txFrames: number; txSection: number; txBounce: number; txBusy: number; txDropped: number; txCompletions: number;
+  rxPackets: number; rxFrames: number; rxBadRanges: number; rxBadMessages: number; strayCompletions: number;
+}
+
+const scratchParsed = new ParsedPacket();
+
+/**
+ * Writes the checksum or LSOv2 PPI netvsc_xmit would add for `offload` (a vnet header's
+ * NEEDS_CSUM / GSO) at target[offset] and returns its bytes (0: none needed). May rewrite
+ * the frame's IP length/checksum and TCP checksum for LSO exactly as Linux does; finishes
+ * checksums of protocols the PPI cannot carry in software. -1: the frame cannot be sent.
+ */
+export function encodeTxPpis(frame: Uint8Array, frameOffset: number, length: number, offload: PacketOffload, target: Uint8Array, offset: number): number {
+  if (!offload.needsChecksum && offload.gso === 'none') return 0;
+  const p = scratchParsed;
+  parsePacket(frame, frameOffset, length, p);
+  const l4 = offload.checksumStart;
+  const isV4 = p.etherType === ETHERTYPE_IPV4;
+  const isV6 = p.etherType === ETHERTYPE_IPV6;
+  if (offload.gso === 'tcpv4' || offload.gso === 'tcpv6') {
+    if (!(isV4 || isV6) || p.l4Protocol !== IPPROTO_TCP || p.l4Offset !== l4 || offload.gsoSize <= 0 || offload.gsoSize > 0xfffff || l4 > 0x3ff) return -1;
+    const f = frame;
+    const l3 = frameOffset + p.l3Offset;
+    const csumAt = frameOffset + l4 + 16;
+    let sum: number;
+    if (isV4) {
+      // Linux zeroes tot_len and the header checksum; TCP checksum = pseudo header without length.
+      f[l3 + 2] = 0; f[l3 + 3] = 0; f[l3 + 10] = 0; f[l3 + 11] = 0;
+      sum = pseudoHeaderSumIpv4(f, l3, IPPROTO_TCP, 0);
+    } else {
+      f[l3 + 4] = 0; f[l3 + 5] = 0;
+      sum = pseudoHeaderSumIpv6(f, l3, IPPROTO_TCP, 0);
+    }
+    const folded = (~finishChecksum(sum)) & 0xffff;
+    f[csumAt] = folded >>> 8; f[csumAt + 1] = folded & 0xff;
+    return writeU32Ppi(target, offset, PpiType.TcpLargeSend, lsoV2Info(offload.gsoSize, l4, isV4 ? LsoIpVersion.Ipv4 : LsoIpVersion.Ipv6));
+  }
+  if (offload.gso !== 'none') return -1; // UFO/USO: Linux never gets these (no NETIF_F_GSO_UDP_L4 on netvsc)
+  const tcp = p.l4Protocol === IPPROTO_TCP;
+  const udp = p.l4Protocol === IPPROTO_UDP;
+  if ((isV4 || isV6) && (tcp || udp) && p.l4Offset === l4 && l4 <= 0x3ff) {
+    const flags = (isV4 ? TxChecksum.IsIpv4 : TxChecksum.IsIpv6) | (tcp ? TxChecksum.Tcp : TxChecksum.Udp);
+    return writeU32Ppi(target, offset, PpiType.TcpIpChecksum, txChecksumInfo(flags, l4));
+  }
+  // skb_checksum_help: finish it here.
+  return fillPartialChecksum(frame, frameOffset, frameOffset + length, offload.checksumStart, offload.checksumOffset) ? 0 : -1;
+}
+
+/** The receive verdict netvsc_alloc_recv_skb derives from the RX checksum PPI (fixing an invalid IPv4 header checksum). */
+export function applyRxChecksum(info: PacketInfo, frame: Uint8Array, offset: number, length: number, out: PacketOffload): void {
+  out.clear();
+  if (!info.hasChecksum) return;
+  const v = info.checksum;
+  if ((v & RxChecksum.IpValueInvalid) && (v & RxChecksum.IpSucceeded) && length >= 34 && frame[offset + 12] === 0x08 && frame[offset + 13] === 0x00) {
+    const ihl = (frame[offset + 14]! & 0xf) * 4;
+    if (ihl >= 20 && 14 + ihl <= length) fillIpv4HeaderChecksum(frame, offset + 14, ihl);
+  }
+  out.checksumValid = (v & (RxChecksum.TcpSucceeded | RxChecksum.UdpSucceeded)) !== 0;
+}
+
+export interface DatapathOptions {
+  memory: GuestMemory;
+  allocator: PageAllocator;
+  session: NvspSession;
+  /** Bounce buffers per queue for frames larger than a send section. */
+  bounceBuffers?: number;
+  /** Outstanding sends per queue. */
+  slotsPerQueue?: number;
+  onFrame: FrameHandler;
+  onControl: ControlHandler;
+  /** An NVSP completion that is not a send completion (init replies): the handshake's. */
+  onInitCompletion: (payload: Uint8Array) => boolean;
+  log?: (message: string) => void;
+}
+
+class Queue {
+  readonly slotKind: Uint8Array;
+  readonly slotIndex: Int32Array;
+  readonly freeSlots: Int32Array;
+  freeSlotCount: number;
+  readonly bouncePfns: number[][] = [];
+  readonly freeBounce: number[] = [];
+  constructor(readonly port: NetvscPort, slots: number) {
+    this.slotKind = new Uint8Array(slots);
+    this.slotIndex = new Int32Array(slots);
+    this.freeSlots = new Int32Array(slots);
+    for (let i = 0; i < slots; i++) this.freeSlots[i] = slots - 1 - i;
+    this.freeSlotCount = slots;
+  }
+}
+
+export class NetvscDatapath {
+  readonly stats: DatapathStats = { txFrames: 0, txSection: 0, txBounce: 0, txBusy: 0, txDropped: 0, txCompletions: 0, rxPackets: 0, rxFrames: 0, rxBadRanges: 0, rxBadMessages: 0, strayCompletions: 0 };
+  /** The host's SEND_INDIRECTION_TABLE (queue per hash bucket), if it sent one. */
+  readonly sendTable = new Uint32Array(VRSS_SEND_TABLE_SIZE);
+  private readonly queues: (Queue | null)[] = [];
+  private readonly o: DatapathOptions;
+  private readonly session: NvspSession;
+  private readonly freeSections: Int32Array;
+  private freeSectionCount: number;
+  private readonly nvspOut = new Uint8Array(NVSP_MESSAGE_SIZE);
+  private readonly completionOut = new Uint8Array(8);
+  private readonly gpaHeader = new Uint8Array(16 + 8 * BOUNCE_PAGES);
+  private readonly staging = new Uint8Array(RndisMessageSize.Packet + MAX_PPI_BYTES + NETVSC_MAX_SEND_FRAME);
+  private readonly nvspDecoder = new NvspDecoder();
+  private readonly rndisDecoder = new RndisDecoder();
+  private readonly tpHeader = new TransferPageHeader();
+  private readonly rxInfo = new PacketInfo();
+  private readonly rxOffload = new PacketOffload();
+  private readonly controlPfn: number;
+  private closed = false;
+
+  constructor(options: DatapathOptions) {
+    this.o = options;
+    this.session = options.session;
+    const n = this.session.send.sectionCount;
+    this.freeSections = new Int32Array(n);
+    for (let i = 0; i < n; i++) this.freeSections[i] = n - 1 - i;
+    this.freeSectionCount = n;
+    this.controlPfn = options.allocator.allocContiguous(1);
+  }
+
+  /** Adds queue `index` (0 = primary) sending on `port`; allocates its bounce buffers. */
+  addQueue(index: number, port: NetvscPort): void {
+    const q = new Queue(port, this.o.slotsPerQueue ?? 256);
+    for (let i = 0; i < (this.o.bounceBuffers ?? 4); i++) {
+      q.bouncePfns.push(this.o.allocator.allocScattered(BOUNCE_PAGES));
+      q.freeBounce.push(i);
+    }
+    this.queues[index] = q;
+  }
+
+  removeQueue(index: number): void {
+    const q = this.queues[index];
+    if (!q) return;
+    this.queues[index] = null;
+    for (const pfns of q.bouncePfns) this.o.allocator.free(pfns);
+  }
+
+  get queueCount(): number {
+    return this.queues.length;
+  }
+
+  /** Frees everything (after the channels are closed). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (let i = 0; i < this.queues.length; i++) this.removeQueue(i);
+    this.o.allocator.free([this.controlPfn]);
+  }
+
+  // ---- send ----
+
+  /**
+   * Sends one RNDIS control message (rndis_filter_send_request): GPA-direct from the control
+   * page, channel type 1, no send section (netvsc_send sends control messages directly).
+   */
+  sendControl(message: Uint8Array, length: number): boolean {
+    const q = this.queues[0];
+    if (!q || length > PAGE_SIZE) return false;
+    const slot = this.takeSlot(q, SLOT_CONTROL, 0);
+    if (slot < 0) return false;
+    this.o.memory.bytes.set(message.subarray(0, length), this.controlPfn * PAGE_SIZE);
+    const h = this.describe([this.controlPfn], length);
+    encodeRndisPacketMessage(this.nvspOut, 0, RndisChannelType.Control, NVSP_INVALID_SECTION_INDEX, 0);
+    const ok = q.port.send(this.nvspOut, slot + 1, PacketType.DataUsingGpaDirect, PACKET_FLAG_COMPLETION_REQUESTED, h);
+    if (!ok) this.releaseSlot(q, slot);
+    q.port.flush?.();
+    return ok;
+  }
+
+  /**
+   * Sends frame[offset, offset+length) on `queue` with `offload` (checksum/GSO to leave to
+   * the host). Returns false on backpressure (no slot, section or bounce buffer: retry
+   * after completions), true when sent or dropped (counted).
+   */
+  sendFrame(queue: number, frame: Uint8Array, offset: number, length: number, offload: PacketOffload): boolean {
+    const q = this.queues[queue] ?? this.queues[0];
+    if (!q || this.closed) return true;
+    if (length < 14 || length > NETVSC_MAX_SEND_FRAME) return this.drop();
+    const staging = this.staging;
+    const ppiBytes = encodeTxPpis(frame, offset, length, offload, staging, RndisMessageSize.Packet);
+    if (ppiBytes < 0) return this.drop();
+    const total = RndisMessageSize.Packet + ppiBytes + length;
+    const session = this.session;
+    // netvsc_send: a section when the packet plus alignment fits one.
+    if (total + 8 < session.send.sectionSize && this.freeSectionCount > 0) {
+      const section = this.freeSections[--this.freeSectionCount]!;
+      const slot = this.takeSlot(q, SLOT_SECTION, section);
+      if (slot < 0) {
+        this.freeSectionCount++;
+        this.stats.txBusy++;
+        return false;
+      }
+      const base = section * session.send.sectionSize;
+      const out = session.send.bytes;
+      out.set(staging.subarray(RndisMessageSize.Packet, RndisMessageSize.Packet + ppiBytes), base + RndisMessageSize.Packet);
+      encodeRndisPacketHeader(out, base, ppiBytes, length);
+      out.set(frame.subarray(offset, offset + length), base + RndisMessageSize.Packet + ppiBytes);
+      encodeRndisPacketMessage(this.nvspOut, 0, RndisChannelType.Data, section, total);
+      if (!q.port.send(this.nvspOut, slot + 1, PacketType.DataInband, PACKET_FLAG_COMPLETION_REQUESTED)) {
+        this.releaseSlot(q, slot);
+        this.stats.txBusy++;
+        return false;
+      }
+      this.stats.txSection++;
+    } else {
+      const bounce = q.freeBounce.pop();
+      if (bounce === undefined) {
+        this.stats.txBusy++;
+        return false;
+      }
+      const slot = this.takeSlot(q, SLOT_BOUNCE, bounce);
+      if (slot < 0) {
+        q.freeBounce.push(bounce);
+        this.stats.txBusy++;
+        return false;
+      }
+      encodeRndisPacketHeader(staging, 0, ppiBytes, length);
+      staging.set(frame.subarray(offset, offset + length), RndisMessageSize.Packet + ppiBytes);
+      const pfns = q.bouncePfns[bounce]!;
+      const mem = this.o.memory.bytes;
+      for (let done = 0, i = 0; done < total; i++, done += PAGE_SIZE) {
+        mem.set(staging.subarray(done, Math.min(total, done + PAGE_SIZE)), pfns[i]! * PAGE_SIZE);
+      }
+      const h = this.describe(pfns, total);
+      encodeRndisPacketMessage(this.nvspOut, 0, RndisChannelType.Data, NVSP_INVALID_SECTION_INDEX, 0);
+      if (!q.port.send(this.nvspOut, slot + 1, PacketType.DataUsingGpaDirect, PACKET_FLAG_COMPLETION_REQUESTED, h)) {
+        this.releaseSlot(q, slot);
+        this.stats.txBusy++;
+        return false;
+      }
+      this.stats.txBounce++;
+    }
+    this.stats.txFrames++;
+    return true;
+  }
+
+  /** Publishes what was sent in this turn (one signal per queue). */
+  flush(): void {
+    for (const q of this.queues) q?.port.flush?.();
+  }
+
+  private drop(): boolean {
+    this.stats.txDropped++;
+    return true;
+  }
+
+  /** One GPA-direct range over `pfns` from byte 0 (the mpb form: reserved, count, {len, offset, pfn[]}). */
+  private describe(pfns: readonly number[], length: number): Uint8Array {
+    const pages = Math.ceil(length / PAGE_SIZE);
+    const h = this.gpaHeader.subarray(0, 16 + 8 * pages);
+    const v = new DataView(h.buffer, h.byteOffset, h.byteLength);
+    v.setUint32(0, 0, true);
+    v.setUint32(4, 1, true);
+    v.setUint32(8, length, true);
+    v.setUint32(12, 0, true);
+    for (let i = 0; i < pages; i++) {
+      v.setUint32(16 + 8 * i, pfns[i]! >>> 0, true);
+      v.setUint32(20 + 8 * i, Math.floor(pfns[i]! / 0x1_0000_0000), true);
+    }
+    return h;
+  }
+
+  private takeSlot(q: Queue, kind: number, index: number): number {
+    if (q.freeSlotCount === 0) return -1;
+    const slot = q.freeSlots[--q.freeSlotCount]!;
+    q.slotKind[slot] = kind;
+    q.slotIndex[slot] = index;
+    return slot;
+  }
+
+  private releaseSlot(q: Queue, slot: number): void {
+    const kind = q.slotKind[slot];
+    if (kind === SLOT_SECTION) this.freeSections[this.freeSectionCount++] = q.slotIndex[slot]!;
+    else if (kind === SLOT_BOUNCE) q.freeBounce.push(q.slotIndex[slot]!);
+    q.slotKind[slot] = SLOT_FREE;
+    q.freeSlots[q.freeSlotCount++] = slot;
+  }
+
+  // ---- receive ----
+
+  /** One packet from queue `queue`'s ring; `header` is the type-specific header (transfer-page ranges). */
+  onPacket(queue: number, type: number, txLow: number, txHigh: number, header: Uint8Array, payload: Uint8Array): void {
+    const q = this.queues[queue];
+    if (!q) return;
+    if (type === PacketType.Completion) {
+      const m = this.nvspDecoder.decode(payload, 'to-guest');
+      if (!isNvspError(m) && m.kind === 'rndis-packet-complete') {
+        const slot = txLow - 1;
+        if (txHigh !== 0 || slot < 0 || slot >= q.slotKind.length || q.slotKind[slot] === SLOT_FREE) {
+          this.stats.strayCompletions++;
+          return;
+        }
+        if (m.status !== NvspStatus.Success) this.o.log?.(`netvsc: send completed with status ${m.status}`);
+        this.stats.txCompletions++;
+        this.releaseSlot(q, slot);
+        return;
+      }
+      if (queue !== 0 || !this.o.onInitCompletion(payload)) this.stats.strayCompletions++;
+      return;
+    }
+    if (type === PacketType.DataUsingTransferPages) return this.onReceive(q, queue, txLow, txHigh, header, payload);
+    if (type === PacketType.DataInband) {
+      const m = this.nvspDecoder.decode(payload, 'to-guest');
+      if (!isNvspError(m) && m.kind === 'indirection-table' && m.count === VRSS_SEND_TABLE_SIZE) this.sendTable.set(m.table.subarray(0, VRSS_SEND_TABLE_SIZE));
+      // VF association and anything else: ignored (no VF in the reference guest).
+    }
+  }
+
+  private onReceive(q: Queue, queue: number, txLow: number, txHigh: number, header: Uint8Array, payload: Uint8Array): void {
+    this.stats.rxPackets++;
+    let status: number = NvspStatus.Success;
+    const tp = this.tpHeader;
+    const nvsp = this.nvspDecoder.decode(payload, 'to-guest');
+    const rx = this.session.receive;
+    const limit = rx.subAllocSize * rx.numSubAllocs;
+    if (decodeTransferPageHeader(header, 0, header.length, tp) !== DecodeError.None || tp.pageSetId !== NETVSC_RECEIVE_BUFFER_ID || isNvspError(nvsp) || nvsp.kind !== 'rndis-packet') {
+      this.stats.rxBadRanges++;
+      status = NvspStatus.Fail;
+    } else {
+      const bytes = rx.bytes;
+      for (let i = 0; i < tp.count; i++) {
+        const r = tp.ranges[i]!;
+        if (r.byteCount > limit || r.byteOffset > limit - r.byteCount || r.byteCount > rx.subAllocSize) {
+          this.stats.rxBadRanges++;
+          status = NvspStatus.Fail;
+          continue;
+        }
+        this.onMessage(queue, bytes, r.byteOffset, r.byteCount);
+      }
+    }
+    // The completion hands the sections back to the host: {108, status}, the transaction id echoed.
+    encodeRndisPacketCompleteMessage(this.completionOut, 0, status, 8);
+    const txid = txHigh < 0x200000 ? txHigh * 0x1_0000_0000 + txLow : (BigInt(txHigh) << 32n) | BigInt(txLow);
+    q.port.send(this.completionOut, txid as number, PacketType.Completion, 0);
+  }
+
+  private onMessage(queue: number, bytes: Uint8Array, offset: number, length: number): void {
+    const m = this.rndisDecoder.decode(bytes, offset, length, 'to-guest');
+    if (m instanceof RndisError) {
+      this.stats.rxBadMessages++;
+      return;
+    }
+    if (m.kind !== 'packet') return this.o.onControl(bytes, offset, m.length);
+    const info = this.rxInfo;
+    if (m.ppiLength > 0 && decodePacketInfo(bytes, m.ppiOffset, m.ppiLength, info) !== null) {
+      this.stats.rxBadMessages++;
+      return;
+    }
+    if (m.ppiLength === 0) info.clear();
+    applyRxChecksum(info, bytes, m.dataOffset, m.dataLength, this.rxOffload);
+    this.stats.rxFrames++;
+    this.o.onFrame(queue, bytes, m.dataOffset, m.dataLength, this.rxOffload);
+  }
+}
+
+

@@ -1,0 +1,143 @@
+// Surfaces a netvsc NIC on the host as a TAP device in a network namespace, so the host's
+// kernel plays the guest's network stack: frames the NIC receives are written into the TAP
+// (the kernel receives them on that interface) with a vnet header built from the RX
+// checksum PPI (DATA_VALID), and frames the kernel transmits on the TAP are read (with
+// their vnet header: NEEDS_CSUM -> checksum PPI, GSO -> LSO PPI) and sent by the NIC.
+// Link state follows the NIC (TUNSETCARRIER), the MTU and MAC come from the device.
+import type { Poller } from '../../sys/epoll.js';
+import { Errno } from '../../sys/errors.js';
+import { mapAnonymous, munmap, viewOf } from '../../sys/memfd.js';
+import { moveLinkToNetns, setLinkMtu, setLinkUp } from '../../sys/netns.js';
+import { TapDevice, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 } from '../../sys/tun.js';
+import { PacketOffload, type GsoKind } from '../../backends/net/net-backend.js';
+import { decodeVirtioNetHeader, encodeVirtioNetHeader, VIRTIO_NET_HDR_V1_BYTES, VirtioGso, VirtioNetFlag, VirtioNetHeader } from '../../backends/net/virtio-net-header.js';
+import type { NetvscNic } from './netvsc-driver.js';
+
+const BUFFER_BYTES = 128 * 1024;
+const READ_BATCH = 64;
+
+export interface NicTapOptions {
+  nic: NetvscNic;
+  poller: Poller;
+  /** Namespace to put the TAP in (must exist); absent: stays in ours. */
+  netns?: string;
+  /** Interface name (default: kernel-chosen tapN). */
+  name?: string;
+  /** Bring the interface up in its namespace. Default true. */
+  up?: boolean;
+}
+
+export class NicTap {
+  readonly tap: TapDevice;
+  readonly stats = { toTap: 0, fromTap: 0, dropped: 0, busy: 0 };
+  private readonly nic: NetvscNic;
+  private readonly poller: Poller;
+  private readonly rxAddress: bigint; // frames read from the TAP
+  private readonly rxView: DataView;
+  private readonly rxBytes: Uint8Array;
+  private readonly txAddress: bigint; // frames written to the TAP
+  private readonly txView: DataView;
+  private readonly txBytes: Uint8Array;
+  private readonly header = new VirtioNetHeader();
+  private readonly offload = new PacketOffload();
+  private token: number | null = null;
+  private closed = false;
+  private readonly onLink = (up: boolean) => { if (!this.closed) this.tap.setCarrier(up); };
+
+  constructor(options: NicTapOptions) {
+    this.nic = options.nic;
+    this.poller = options.poller;
+    const o = options.nic.info?.offloads;
+    let offloads = TUN_F_CSUM;
+    if (o?.tso4) offloads |= TUN_F_TSO4;
+    if (o?.tso6) offloads |= TUN_F_TSO6;
+    this.tap = TapDevice.open({ name: options.name, vnetHeaderSize: VIRTIO_NET_HDR_V1_BYTES, offloads });
+    try {
+      if (options.nic.info) this.tap.setMacAddress(options.nic.info.mac);
+      this.tap.setCarrier(options.nic.linkUp);
+      if (options.netns) moveLinkToNetns(this.tap.name, options.netns);
+      setLinkMtu(this.tap.name, options.nic.mtu, options.netns);
+      if (options.up ?? true) setLinkUp(this.tap.name, true, options.netns);
+    } catch (e) {
+      this.tap.close();
+      throw e;
+    }
+    this.rxAddress = mapAnonymous(BUFFER_BYTES);
+    const rx = viewOf(this.rxAddress, BUFFER_BYTES);
+    this.rxView = new DataView(rx);
+    this.rxBytes = new Uint8Array(rx);
+    this.txAddress = mapAnonymous(BUFFER_BYTES);
+    const tx = viewOf(this.txAddress, BUFFER_BYTES);
+    this.txView = new DataView(tx);
+    this.txBytes = new Uint8Array(tx);
+    this.nic.onFrame = (_q, frame, offset, length, offload) => this.toTap(frame, offset, length, offload);
+    this.nic.on('link', this.onLink);
+    this.token = this.poller.add(this.tap.fd, this.onReadable);
+  }
+
+  get name(): string {
+    return this.tap.name;
+  }
+
+  /** A frame the NIC received: into the kernel, DATA_VALID when the host verified its checksum. */
+  private toTap(frame: Uint8Array, offset: number, length: number, offload: PacketOffload): void {
+    const hb = VIRTIO_NET_HDR_V1_BYTES;
+    if (this.closed || length + hb > BUFFER_BYTES) return void this.stats.dropped++;
+    const h = this.header.clear();
+    if (offload.checksumValid) h.flags = VirtioNetFlag.DataValid;
+    if (encodeVirtioNetHeader(h, this.txView, 0, hb, length) !== null) return void this.stats.dropped++;
+    this.txBytes.set(frame.subarray(offset, offset + length), hb);
+    const n = this.tap.write(Number(this.txAddress), hb + length);
+    if (n < 0) this.stats.dropped++;
+    else this.stats.toTap++;
+  }
+
+  /** Frames the kernel transmits: to the NIC. Backpressure leaves them queued in the TAP. */
+  private readonly onReadable = (): void => {
+    const hb = VIRTIO_NET_HDR_V1_BYTES;
+    for (let i = 0; i < READ_BATCH && !this.closed; i++) {
+      const n = this.tap.read(Number(this.rxAddress), BUFFER_BYTES);
+      if (n < 0) {
+        if (n === -Errno.EINTR) continue;
+        if (n !== -Errno.EAGAIN) this.stopReading();
+        break;
+      }
+      const length = n - hb;
+      const o = this.offload.clear();
+      if (length < 14 || decodeVirtioNetHeader(this.rxView, 0, hb, length, this.header) !== null) {
+        this.stats.dropped++;
+        continue;
+      }
+      const h = this.header;
+      if (h.flags & VirtioNetFlag.NeedsChecksum) o.setChecksum(h.csumStart, h.csumOffset);
+      if (h.gsoType !== VirtioGso.None) o.setGso(gsoKind(h.gsoType), h.gsoSize, h.hdrLen);
+      // One queue for now: the stack's TX hash would pick the queue (netvsc_select_queue).
+      if (!this.nic.send(0, this.rxBytes, hb, length, o)) {
+        // No send slot: this frame is lost (a TAP cannot un-read); stop until completions free room.
+        this.stats.busy++;
+        break;
+      }
+      this.stats.fromTap++;
+    }
+    this.nic.datapath?.flush();
+  };
+
+  private stopReading(): void {
+    if (this.token !== null) this.poller.remove(this.token);
+    this.token = null;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.stopReading();
+    this.nic.off('link', this.onLink);
+    this.tap.close();
+    munmap(this.rxAddress, BUFFER_BYTES);
+    munmap(this.txAddress, BUFFER_BYTES);
+  }
+}
+
+function gsoKind(t: number): GsoKind {
+  return t === VirtioGso.TcpV4 ? 'tcpv4' : t === VirtioGso.TcpV6 ? 'tcpv6' : t === VirtioGso.Udp ? 'udp' : t === VirtioGso.UdpL4 ? 'udp-l4' : 'none';
+}
