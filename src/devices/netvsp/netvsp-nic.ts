@@ -1,0 +1,333 @@
+// The synthetic NIC behind every NetVSP channel: what the primary channel negotiates
+// (NVSP version, NDIS config, the receive and send buffers, sub-channel grants), the RNDIS
+// state (RndisControl), the host link state, and the backend that carries the frames.
+// Channels serve rings; this object decides where a received frame goes (RSS: Toeplitz
+// hash over the frame, then the guest's indirection table) and when the backend must
+// stop reading because the guest has no receive buffer or ring space left.
+//
+// One NIC session lasts from the primary channel's open to its close: a close (guest
+// unload, MTU change, channel-count change) drops the buffers and all RNDIS state, and
+// the guest repeats the whole bring-up on the next open (spec 2.2, teardown).
+import type { NetBackend, PacketOffload } from '../../backends/net/net-backend.js';
+import { ParsedPacket, parsePacket } from '../../backends/net/packet-parse.js';
+import { SegmentError, TcpSegmenter } from '../../backends/net/tcp-segmenter.js';
+import type { GuestMemory, PageMapping } from '../../memory/guest-memory.js';
+import { PAGE_SIZE } from '../../memory/page.js';
+import type { OpenChannel } from '../../vmbus/server/vmbus-device.js';
+import { NETVSC_SEND_SECTION_SIZE, NvspStatus } from './nvsp-protocol.js';
+import { ReceiveBuffer, receiveSubAllocationSize } from './receive-buffer.js';
+import { RndisControl, type RndisDeviceInfo } from './rndis-control.js';
+import { NO_HASH } from './toeplitz.js';
+
+/** Largest receive or send buffer accepted (Linux's maximum is 31 MiB receive, 15 MiB send... by default 16 MiB / 1 MiB). */
+export const MAX_GUEST_BUFFER_BYTES = 128 * 1024 * 1024;
+/** The section size this host announces for the send buffer (Hyper-V's and OpenVMM's). */
+export const SEND_SECTION_SIZE = NETVSC_SEND_SECTION_SIZE;
+
+/** What the NIC needs from a channel to put received traffic on it. */
+export interface ReceiveQueue {
+  readonly subChannelIndex: number;
+  /** The channel is open and its rings are usable. */
+  readonly isOpen: boolean;
+  /** Whether a received frame (one transfer-page packet) fits in the host->guest ring now; false also asks the guest to signal once it does. */
+  hasReceiveRoom(): boolean;
+  /**
+   * Writes one frame into a free sub-allocation and sends it. `checksumFlags` is the
+   * receive checksum PPI value; hash is the RSS hash or NO_HASH. False: dropped (no room).
+   */
+  deliverFrame(frame: Uint8Array, length: number, offload: PacketOffload | null, parsed: ParsedPacket, hash: number): boolean;
+  /** Queues an RNDIS control message (a response or indication) for the guest. */
+  queueControl(message: Uint8Array, length: number): void;
+}
+
+export interface NicCounters {
+  /** Frames from the backend dropped because the guest cannot receive (no buffer, filter 0, link down). */
+  rxNotReady: number;
+  /** Frames dropped for want of a sub-allocation or ring space. */
+  rxNoBuffer: number;
+  /** GSO frames from the backend that could not be segmented. */
+  rxBadGso: number;
+  rxPauses: number;
+}
+
+export interface NetvspNicOptions {
+  backend: NetBackend;
+  mac: Uint8Array;
+  mtu: number;
+  maxQueues: number;
+  offload: boolean;
+  offerSubchannel: (index: number) => void;
+  log: (message: string) => void;
+}
+
+export class NetvspNic implements RndisDeviceInfo {
+  readonly mac: Uint8Array;
+  readonly mtu: number;
+  readonly maxQueues: number;
+  readonly offload: boolean;
+  readonly backend: NetBackend;
+  readonly rndis: RndisControl;
+  readonly counters: NicCounters = { rxNotReady: 0, rxNoBuffer: 0, rxBadGso: 0, rxPauses: 0 };
+
+  linkUp = true;
+  nvspVersion = 0;
+  ndisMajor = 0;
+  ndisMinor = 0;
+  /** The MTU the guest announced in SEND_NDIS_CONFIG (IP packet bytes), or the device MTU. */
+  guestMtu: number;
+  ndisCapabilities = 0n;
+  subchannelsGranted = 0;
+  private subchannelsOffered = 0;
+
+  receiveBuffer: ReceiveBuffer | null = null;
+  receiveBufferId = 0;
+  private receiveMapping: PageMapping | null = null;
+  sendBuffer: Uint8Array | null = null;
+  sendSectionCount = 0;
+  private sendMapping: PageMapping | null = null;
+
+  /** Receive queues by sub-channel index (0 = primary). */
+  readonly queues: (ReceiveQueue | undefined)[] = [];
+  private paused = false;
+  private readonly parsed = new ParsedPacket();
+  private segmenter: TcpSegmenter | null = null;
+  private segmentBuffer: Uint8Array | null = null;
+
+  constructor(private readonly options: NetvspNicOptions) {
+    this.mac = options.mac;
+    this.mtu = options.mtu;
+    this.guestMtu = options.mtu;
+    this.maxQueues = options.maxQueues;
+    this.offload = options.offload;
+    this.backend = options.backend;
+    this.rndis = new RndisControl(this);
+    options.backend.onReceive((frame, length, offload) => this.onFrame(frame, length, offload));
+  }
+
+  get queueCount(): number {
+    return 1 + this.subchannelsGranted;
+  }
+
+  get log(): (message: string) => void {
+    return this.options.log;
+  }
+
+  /** The whole negotiated state goes: the primary channel closed. */
+  resetSession(): void {
+    this.nvspVersion = 0;
+    this.ndisMajor = this.ndisMinor = 0;
+    this.guestMtu = this.mtu;
+    this.ndisCapabilities = 0n;
+    this.subchannelsGranted = 0;
+    this.subchannelsOffered = 0;
+    this.revokeReceiveBuffer();
+    this.revokeSendBuffer();
+    this.rndis.reset();
+    this.resumeIfPaused();
+  }
+
+  // ---- buffers ----
+
+  /** Maps a GPADL the guest made on `open` as one contiguous buffer; a string says why not. */
+  private mapGpadl(open: OpenChannel, handle: number): { mapping: PageMapping; bytes: Uint8Array } | string {
+    const ranges = open.gpadl(handle);
+    if (ranges === null) return `no GPADL ${handle}`;
+    const pfns: number[] = [];
+    let bytes = 0;
+    for (const r of ranges) {
+      // A buffer GPADL is whole pages; anything else cannot be mapped as one view.
+      if (r.byteOffset !== 0 || r.byteCount !== r.pfns.length * PAGE_SIZE) return `GPADL ${handle} has a partial-page range`;
+      for (const pfn of r.pfns) pfns.push(pfn);
+      bytes += r.byteCount;
+      if (bytes > MAX_GUEST_BUFFER_BYTES) return `GPADL ${handle} is larger than ${MAX_GUEST_BUFFER_BYTES} bytes`;
+    }
+    if (pfns.length === 0) return `GPADL ${handle} is empty`;
+    let mapping: PageMapping;
+    try {
+      mapping = (open.memory as GuestMemory).mapPages(pfns);
+    } catch (e) {
+      return `GPADL ${handle} cannot be mapped: ${(e as Error).message}`;
+    }
+    return { mapping, bytes: new Uint8Array(mapping.buffer, 0, bytes) };
+  }
+
+  /** SEND_RECV_BUF: returns the NVSP status; on success receiveBuffer describes the layout. */
+  attachReceiveBuffer(open: OpenChannel, handle: number, id: number): number {
+    if (this.receiveBuffer !== null || this.nvspVersion === 0) return NvspStatus.Fail;
+    const mapped = this.mapGpadl(open, handle);
+    if (typeof mapped === 'string') {
+      this.log(`netvsp: receive buffer refused: ${mapped}`);
+      return NvspStatus.Fail;
+    }
+    try {
+      this.receiveBuffer = new ReceiveBuffer(mapped.bytes, receiveSubAllocationSize(this.mtu));
+    } catch (e) {
+      mapped.mapping.release();
+      this.log(`netvsp: receive buffer refused: ${(e as Error).message}`);
+      return NvspStatus.Fail;
+    }
+    this.receiveMapping = mapped.mapping;
+    this.receiveBufferId = id;
+    return NvspStatus.Success;
+  }
+
+  revokeReceiveBuffer(): void {
+    this.receiveBuffer = null;
+    // After release the view reads private zeroes: a stale write can never reach guest RAM.
+    this.receiveMapping?.release();
+    this.receiveMapping = null;
+  }
+
+  /** SEND_SEND_BUF: returns the NVSP status. */
+  attachSendBuffer(open: OpenChannel, handle: number): number {
+    if (this.sendBuffer !== null || this.nvspVersion === 0) return NvspStatus.Fail;
+    const mapped = this.mapGpadl(open, handle);
+    if (typeof mapped === 'string') {
+      this.log(`netvsp: send buffer refused: ${mapped}`);
+      return NvspStatus.Fail;
+    }
+    const count = Math.floor(mapped.bytes.length / SEND_SECTION_SIZE);
+    if (count < 1) {
+      mapped.mapping.release();
+      return NvspStatus.Fail;
+    }
+    this.sendMapping = mapped.mapping;
+    this.sendBuffer = mapped.bytes;
+    this.sendSectionCount = count;
+    return NvspStatus.Success;
+  }
+
+  revokeSendBuffer(): void {
+    this.sendBuffer = null;
+    this.sendSectionCount = 0;
+    this.sendMapping?.release();
+    this.sendMapping = null;
+  }
+
+  // ---- sub-channels ----
+
+  /** SUBCHANNEL ALLOCATE: grants up to maxQueues - 1 and offers those not offered yet. Returns the grant. */
+  grantSubchannels(requested: number): number {
+    const granted = Math.max(0, Math.min(requested, this.maxQueues - 1));
+    this.subchannelsGranted = granted;
+    return granted;
+  }
+
+  /** Offers the granted sub-channels (after the completion went out: the guest waits for it first). */
+  offerGranted(): void {
+    while (this.subchannelsOffered < this.subchannelsGranted) {
+      const index = ++this.subchannelsOffered;
+      try {
+        this.options.offerSubchannel(index);
+      } catch (e) {
+        this.log(`netvsp: offering sub-channel ${index} failed: ${(e as Error).message}`);
+        return;
+      }
+    }
+  }
+
+  // ---- link ----
+
+  setLinkUp(up: boolean, notify: (message: Uint8Array, length: number) => void): void {
+    if (this.linkUp === up) return;
+    // The guest's view only: the backend's own carrier is the caller's (VmNetwork sets both).
+    this.linkUp = up;
+    if (!this.rndis.initialized) return; // the guest reads the state with its MEDIA_CONNECT_STATUS query
+    const message = new Uint8Array(64);
+    notify(message, this.rndis.encodeLinkIndication(up, message));
+  }
+
+  // ---- receive ----
+
+  /** Whether the guest can be given frames at all. */
+  get receiveOpen(): boolean {
+    return this.receiveBuffer !== null && this.linkUp && this.rndis.receiving && this.queues[0]?.isOpen === true;
+  }
+
+  private onFrame(frame: Uint8Array, length: number, offload: PacketOffload): void {
+    if (!this.receiveOpen) {
+      this.counters.rxNotReady++;
+      return;
+    }
+    try {
+      if (offload.gso !== 'none') this.deliverSegmented(frame, length, offload);
+      else if (!this.deliverOne(frame, length, offload)) this.counters.rxNoBuffer++;
+    } catch (e) {
+      this.log(`netvsp: receive failed: ${(e as Error).stack ?? e}`);
+    }
+    if (!this.canAcceptMore()) this.pause();
+  }
+
+  private deliverOne(frame: Uint8Array, length: number, offload: PacketOffload | null): boolean {
+    const parsed = this.parsed;
+    parsePacket(frame, 0, length, parsed);
+    const r = this.rndis;
+    let hash = NO_HASH;
+    let queue = 0;
+    if (r.rssEnabled) {
+      hash = r.toeplitz.hashPacket(frame, 0, parsed, r.rssHashInfo);
+      if (hash !== NO_HASH) queue = r.rssTable.queueFor(hash);
+    }
+    let target = this.queues[queue];
+    if (target === undefined || !target.isOpen) target = this.queues[0]!;
+    return target.deliverFrame(frame, length, offload, parsed, hash);
+  }
+
+  /**
+   * A GSO frame from the host (a TAP with TSO receive offload): the guest has no RSC
+   * here, so it gets MTU-sized segments with their checksums finished.
+   */
+  private deliverSegmented(frame: Uint8Array, length: number, offload: PacketOffload): void {
+    if (offload.gso !== 'tcpv4' && offload.gso !== 'tcpv6') {
+      this.counters.rxBadGso++;
+      return;
+    }
+    if (this.segmenter === null) {
+      this.segmenter = new TcpSegmenter();
+      this.segmentBuffer = new Uint8Array(512 * 1024);
+    }
+    const s = this.segmenter;
+    const out = this.segmentBuffer!;
+    if (s.segment(frame, 0, length, offload.gsoSize, out, 0, this.guestMtu) !== SegmentError.None) {
+      this.counters.rxBadGso++;
+      return;
+    }
+    for (let i = 0; i < s.count; i++) {
+      const at = s.frameOffsets[i]!;
+      const n = s.frameLengths[i]!;
+      // The segmenter computed every checksum: report them good (null offload = verified).
+      if (!this.deliverOne(out.subarray(at, at + n), n, null)) this.counters.rxNoBuffer++;
+    }
+  }
+
+  /** A sub-allocation is free and every open channel has room for one more frame. */
+  canAcceptMore(): boolean {
+    const rb = this.receiveBuffer;
+    if (rb === null || !this.receiveOpen) return true; // frames are dropped, not held: keep reading
+    if (rb.freeCount === 0) return false;
+    for (const q of this.queues) if (q !== undefined && q.isOpen && !q.hasReceiveRoom()) return false;
+    return true;
+  }
+
+  private pause(): void {
+    if (this.paused) return;
+    this.paused = true;
+    this.counters.rxPauses++;
+    this.backend.pauseReceive();
+  }
+
+  /** Called when the guest returned sub-allocations or ring space. */
+  resumeIfPossible(): void {
+    if (this.paused && this.canAcceptMore()) this.resumeIfPaused();
+  }
+
+  private resumeIfPaused(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    this.backend.resumeReceive();
+  }
+
+  get receivePaused(): boolean {
+    return this.paused;
+  }
+}

@@ -1,0 +1,113 @@
+// The guest's receive buffer as NetVSP carves it: one section starting at offset 0, cut
+// into equal sub-allocations (spec 2.2 step 4, 2.3). Every host->guest RNDIS message -
+// received frames, control responses, status indications - is written into one free
+// sub-allocation and handed to the guest in a transfer-page packet; the sub-allocation
+// stays the guest's until it completes that packet.
+//
+// Sizing choice: one message per sub-allocation, and the sub-allocation is big enough for
+// the largest frame of the device's MTU plus the RNDIS header and every PPI the host
+// sends (1728 bytes, Hyper-V's value, up to MTU 1614; MTU 9000 gives 9112). Hyper-V can
+// spread a jumbo frame over several sub-allocations, but one-per-message keeps the
+// completion bookkeeping to a single index per packet and wastes only buffer space.
+//
+// The allocator is a fixed stack of free indices plus an in-use bitmap, both made once per
+// buffer: allocating and freeing touch no heap. The transaction id of a packet encodes the
+// buffer generation and the index, so a completion that names a buffer revoked since (or
+// an index never handed out) is recognised and ignored.
+import { NETVSC_MIN_SECTION_SIZE } from './nvsp-protocol.js';
+import { RndisMessageSize } from './rndis-protocol.js';
+import { PPI_U32_RECORD_SIZE } from './per-packet-info.js';
+
+/** Hyper-V's receive section size at MTU 1500; never go below it. */
+export const HYPERV_RECEIVE_SECTION_SIZE = 1728;
+/** PPIs the host may put in front of a received frame: checksum, hash, 802.1Q. */
+export const RECEIVE_PPI_BYTES = 3 * PPI_U32_RECORD_SIZE;
+/** Ethernet header plus one VLAN tag (a tag the backend leaves in the frame). */
+const ETHERNET_OVERHEAD = 14 + 4;
+/** Transaction ids are generation * 2^32 + index; the generation wraps below 2^20 to stay a safe integer. */
+const GENERATION_LIMIT = 1 << 20;
+const TWO_32 = 0x1_0000_0000;
+
+/** The sub-allocation size this host announces for a device MTU (payload bytes of an Ethernet frame). */
+export function receiveSubAllocationSize(mtu: number): number {
+  const needed = RndisMessageSize.Packet + RECEIVE_PPI_BYTES + mtu + ETHERNET_OVERHEAD;
+  return Math.max(HYPERV_RECEIVE_SECTION_SIZE, (needed + 7) & ~7);
+}
+
+export class ReceiveBuffer {
+  readonly count: number;
+  /** Bumped for every buffer made in this process; part of every transaction id handed out. */
+  readonly generation: number;
+  private readonly freeStack: Uint32Array;
+  private freeTop: number;
+  private readonly inUse: Uint8Array;
+
+  private static nextGeneration = 1;
+
+  /**
+   * `bytes` is the mapped buffer (its length is the buffer size). Throws RangeError when
+   * the buffer cannot hold one sub-allocation (the caller answers the guest with a failure).
+   */
+  constructor(readonly bytes: Uint8Array, readonly subAllocSize: number) {
+    if (!Number.isInteger(subAllocSize) || subAllocSize < NETVSC_MIN_SECTION_SIZE) throw new RangeError(`sub-allocation size ${subAllocSize} is too small`);
+    const count = Math.floor(bytes.length / subAllocSize);
+    if (count < 1) throw new RangeError(`a receive buffer of ${bytes.length} bytes cannot hold a ${subAllocSize}-byte sub-allocation`);
+    this.count = count;
+    this.generation = ReceiveBuffer.nextGeneration;
+    ReceiveBuffer.nextGeneration = (ReceiveBuffer.nextGeneration % (GENERATION_LIMIT - 1)) + 1;
+    this.freeStack = new Uint32Array(count);
+    this.inUse = new Uint8Array(count);
+    // Lowest indices on top: the first messages land at the start of the buffer.
+    for (let i = 0; i < count; i++) this.freeStack[i] = count - 1 - i;
+    this.freeTop = count;
+  }
+
+  /** The bytes announced in SEND_RECV_BUF_COMPLETE (end_offset). */
+  get endOffset(): number {
+    return this.count * this.subAllocSize;
+  }
+
+  get freeCount(): number {
+    return this.freeTop;
+  }
+
+  /** A free sub-allocation's index, or -1 when the guest holds them all. */
+  allocate(): number {
+    if (this.freeTop === 0) return -1;
+    const index = this.freeStack[--this.freeTop]!;
+    this.inUse[index] = 1;
+    return index;
+  }
+
+  /** Returns a sub-allocation; false (nothing changes) for an index that is not out. */
+  free(index: number): boolean {
+    if (!Number.isInteger(index) || index < 0 || index >= this.count || this.inUse[index] === 0) return false;
+    this.inUse[index] = 0;
+    this.freeStack[this.freeTop++] = index;
+    return true;
+  }
+
+  isAllocated(index: number): boolean {
+    return Number.isInteger(index) && index >= 0 && index < this.count && this.inUse[index] === 1;
+  }
+
+  /** Byte offset of a sub-allocation in the buffer (what a transfer-page range names). */
+  offsetOf(index: number): number {
+    return index * this.subAllocSize;
+  }
+
+  /** The transaction id for a packet carrying sub-allocation `index`. */
+  transactionIdFor(index: number): number {
+    return this.generation * TWO_32 + index;
+  }
+
+  /**
+   * Frees the sub-allocation a guest completion names (its transaction id as two u32
+   * halves). False for an id of another buffer or an index not out: a stale or forged
+   * completion, which must not free a section still in use.
+   */
+  complete(transactionIdLow: number, transactionIdHigh: number): boolean {
+    if (transactionIdHigh !== this.generation) return false;
+    return this.free(transactionIdLow);
+  }
+}

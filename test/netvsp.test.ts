@@ -1,0 +1,941 @@
+// NetVSP driven by a scripted netvsc: real rings and buffers in guest RAM, a real eventfd
+// and Poller, GPADLs served by the fake OpenChannel, and a fake NetBackend that records
+// what the guest sends and injects what it receives. Covers Linux's bring-up in order,
+// frames both ways (send-buffer, GPA-direct and mixed shapes), checksum/LSO PPIs mapped to
+// PacketOffload, link indications, RSS over two channels, receive backpressure, and a
+// hostile guest (answered with failure statuses, never a throw, still serving).
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import fc from 'fast-check';
+import { PacketOffload, type NetBackend, type NetBackendStats, type NetFrame, type ReceiveHandler } from '../src/backends/net/net-backend.js';
+import { verifyIpv4HeaderChecksum, onesSum, foldSum, pseudoHeaderSumIpv4 } from '../src/backends/net/inet-checksum.js';
+import { ParsedPacket, parsePacket } from '../src/backends/net/packet-parse.js';
+import type { GpaRange } from '../src/memory/gpa-range.js';
+import { GuestMemory, type PageMapping } from '../src/memory/guest-memory.js';
+import { PAGE_SIZE } from '../src/memory/page.js';
+import { Poller } from '../src/sys/epoll.js';
+import { EventFd } from '../src/sys/eventfd.js';
+import { decodeTransferPageHeader, encodeGpaDirectHeader, gpaDirectHeaderSize, PacketType, TransferPageHeader } from '../src/vmbus/packet.js';
+import { initRingHeader, ringMemoryFromBuffer, RingWord, type RingMemory } from '../src/vmbus/ring/ring-memory.js';
+import { RingReader } from '../src/vmbus/ring/ring-reader.js';
+import { RingWriter, WRITE_FULL, WRITE_SIGNAL } from '../src/vmbus/ring/ring-writer.js';
+import type { OpenChannel } from '../src/vmbus/server/vmbus-device.js';
+import { NetvspDevice, type NetvspOptions } from '../src/devices/netvsp/netvsp-device.js';
+import { ReceiveBuffer, receiveSubAllocationSize } from '../src/devices/netvsp/receive-buffer.js';
+import { encodeNdisOffloadParameters, encodeRssParameters, LINUX_RSS_HASH_INFO, RssParameterFlag } from '../src/devices/netvsp/ndis-offload.js';
+import { NETVSC_CLASS_ID, NvspMessageType, NvspStatus } from '../src/devices/netvsp/nvsp-protocol.js';
+import { Oid } from '../src/devices/netvsp/rndis-oids.js';
+import { lsoV2Info, PpiType, PacketInfo, decodePacketInfo, RxChecksum, TxChecksum, txChecksumInfo, writeU32Ppi, LsoIpVersion } from '../src/devices/netvsp/per-packet-info.js';
+import {
+  decodeRndisMessage,
+  encodeRndisInitialize,
+  encodeRndisPacketHeader,
+  encodeRndisQuery,
+  encodeRndisSet,
+  NdisStatus,
+  RndisMessageType,
+  type RndisMessage,
+} from '../src/devices/netvsp/rndis-protocol.js';
+import { MICROSOFT_RSS_KEY, ToeplitzHash } from '../src/devices/netvsp/toeplitz.js';
+
+const RAM_PAGES = 4096; // 16 MiB
+const memory = GuestMemory.create(RAM_PAGES * PAGE_SIZE, 'netvsp-test');
+const poller = new Poller();
+const rigs: { device: NetvspDevice; guests: FakeGuestChannel[] }[] = [];
+after(async () => {
+  for (const r of rigs) {
+    r.device.close();
+    for (const g of r.guests) g.release();
+  }
+  await poller.stop();
+  memory.close();
+});
+
+let nextPage = 16;
+function allocPages(n: number): number {
+  if (nextPage + n > RAM_PAGES) nextPage = 16;
+  const first = nextPage;
+  nextPage += n;
+  return first;
+}
+
+async function waitFor(cond: () => boolean, what: string, timeoutMs = 3000): Promise<void> {
+  const start = Date.now();
+  while (!cond()) {
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+const MAC = Uint8Array.from([0x00, 0x15, 0x5d, 0x01, 0x02, 0x03]);
+
+// ---- a fake backend ----
+
+class FakeBackend implements NetBackend {
+  readonly mtu = 1500;
+  readonly mac = undefined;
+  readonly maxSendSegments = 64;
+  readonly stats: NetBackendStats = { rxFrames: 0, rxBytes: 0, rxDropped: 0, txFrames: 0, txBytes: 0, txDropped: 0 };
+  readonly sent: { frame: Uint8Array; offload: PacketOffload }[] = [];
+  paused = false;
+  refuse = 0;
+  private handler: ReceiveHandler | null = null;
+  private batchEnd: (() => void) | null = null;
+  private readonly rxOffload = new PacketOffload();
+
+  send(frame: NetFrame, offload?: PacketOffload): boolean {
+    if (this.refuse > 0) {
+      this.refuse--;
+      return false;
+    }
+    assert.ok(frame instanceof Uint8Array);
+    const o = new PacketOffload();
+    if (offload) Object.assign(o, offload);
+    this.sent.push({ frame: Uint8Array.from(frame), offload: o });
+    return true;
+  }
+  onReceive(handler: ReceiveHandler, batchEnd?: () => void): void {
+    this.handler = handler;
+    this.batchEnd = batchEnd ?? null;
+  }
+  pauseReceive(): void {
+    this.paused = true;
+  }
+  resumeReceive(): void {
+    this.paused = false;
+  }
+  setLinkUp(): void {}
+  close(): void {}
+
+  /** Delivers frames the way a backend does: one batch (ignores `paused`, as a race would). */
+  inject(frames: Uint8Array[], fill?: (o: PacketOffload) => void): void {
+    for (const f of frames) {
+      const o = this.rxOffload.clear();
+      fill?.(o);
+      const view = new Uint8Array(f.length + 64);
+      view.set(f);
+      this.handler!(view, f.length, o);
+    }
+    this.batchEnd?.();
+  }
+}
+
+// ---- the guest end of a channel ----
+
+interface Packet {
+  type: number;
+  flags: number;
+  transactionId: bigint;
+  payload: Uint8Array;
+  header: Uint8Array;
+}
+
+class FakeGuestChannel {
+  readonly open: OpenChannel;
+  readonly failures: string[] = [];
+  hostSignals = 0;
+  readonly writer: RingWriter;
+  readonly reader: RingReader;
+  readonly incoming: RingMemory;
+  private readonly mappings: PageMapping[] = [];
+  private readonly signal = EventFd.create();
+
+  constructor(subChannelIndex: number, gpadls: Map<number, GpaRange[]>, pages = 16) {
+    this.incoming = this.ring(pages);
+    const outgoing = this.ring(pages);
+    this.writer = new RingWriter(this.incoming);
+    this.reader = new RingReader(outgoing);
+    const self = this;
+    this.open = {
+      relid: 1 + subChannelIndex,
+      subChannelIndex,
+      connectionId: 0x10000 + subChannelIndex,
+      openId: 1,
+      userData: new Uint8Array(120),
+      incoming: this.incoming,
+      outgoing,
+      guestSignal: this.signal,
+      memory,
+      targetVp: 0,
+      gpadl: (id: number) => gpadls.get(id) ?? null,
+      signalGuest() {
+        self.hostSignals++;
+      },
+      fail(reason: string) {
+        self.failures.push(reason);
+      },
+    };
+  }
+
+  private ring(dataPages: number): RingMemory {
+    const pages = dataPages + 1;
+    const first = allocPages(pages);
+    const pfns = Array.from({ length: pages }, (_, i) => first + i);
+    const mapping = memory.mapPages(pfns, 1);
+    this.mappings.push(mapping);
+    const mem = ringMemoryFromBuffer(mapping.buffer, 0, pages * PAGE_SIZE, true);
+    initRingHeader(mem);
+    return mem;
+  }
+
+  send(type: number, transactionId: bigint | number, payload: Uint8Array, header: Uint8Array | null = null, flags = 1): void {
+    const result = this.writer.tryWrite(type, flags, transactionId, header, payload);
+    assert.notEqual(result, WRITE_FULL, 'guest ring full');
+    if (result === WRITE_SIGNAL) this.signal.signal();
+  }
+
+  get consumed(): boolean {
+    return Atomics.load(this.incoming.header, RingWord.ReadIndex) === Atomics.load(this.incoming.header, RingWord.WriteIndex);
+  }
+
+  take(): Packet | null {
+    const view = this.reader.peek();
+    if (view === null) return null;
+    const payload = new Uint8Array(view.payloadLength);
+    this.reader.copyPayload(payload);
+    const header = new Uint8Array(view.headerLength);
+    this.reader.copyHeader(header);
+    const p: Packet = { type: view.type, flags: view.flags, transactionId: view.transactionId, payload, header };
+    this.reader.next();
+    if (this.reader.commit()) this.signal.signal();
+    return p;
+  }
+
+  async next(what = 'a packet from the host'): Promise<Packet> {
+    await waitFor(() => this.reader.peek() !== null, what);
+    return this.take()!;
+  }
+
+  release(): void {
+    for (const m of this.mappings) m.release();
+    this.signal.close();
+  }
+}
+
+// ---- message builders ----
+
+function u32(b: Uint8Array, o: number): number {
+  return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
+}
+function put32(b: Uint8Array, o: number, v: number): void {
+  b[o] = v & 0xff;
+  b[o + 1] = (v >>> 8) & 0xff;
+  b[o + 2] = (v >>> 16) & 0xff;
+  b[o + 3] = (v >>> 24) & 0xff;
+}
+function nvsp(type: number, ...fields: number[]): Uint8Array {
+  const b = new Uint8Array(40);
+  put32(b, 0, type);
+  fields.forEach((v, i) => put32(b, 4 + 4 * i, v));
+  return b;
+}
+function rndisPkt(channelType: number, sectionIndex = 0xffffffff, sectionSize = 0): Uint8Array {
+  return nvsp(NvspMessageType.SendRndisPacket, channelType, sectionIndex, sectionSize);
+}
+function gpaHeader(ranges: GpaRange[]): Uint8Array {
+  const h = new Uint8Array(gpaDirectHeaderSize(ranges));
+  encodeGpaDirectHeader(ranges, h, 0);
+  return h;
+}
+
+/** Guest bytes placed in fresh pages; returns the GPA range describing them. */
+function guestBytes(bytes: Uint8Array, offset = 0): GpaRange {
+  const pages = Math.ceil((offset + bytes.length) / PAGE_SIZE);
+  const first = allocPages(pages);
+  memory.bytes.set(bytes, first * PAGE_SIZE + offset);
+  return { byteCount: bytes.length, byteOffset: offset, pfns: Array.from({ length: pages }, (_, i) => first + i) };
+}
+
+/** An Ethernet/IPv4/TCP frame. */
+function tcpFrame(opts: { src?: number[]; dst?: number[]; sport?: number; dport?: number; payload?: number; zeroLength?: boolean } = {}): Uint8Array {
+  const payload = opts.payload ?? 32;
+  const f = new Uint8Array(14 + 20 + 20 + payload);
+  f.set([0x00, 0x15, 0x5d, 0x09, 0x09, 0x09], 0);
+  f.set(MAC, 6);
+  f[12] = 0x08;
+  f[13] = 0x00;
+  const ip = 14;
+  f[ip] = 0x45;
+  const total = opts.zeroLength ? 0 : 20 + 20 + payload;
+  f[ip + 2] = total >> 8;
+  f[ip + 3] = total & 0xff;
+  f[ip + 8] = 64;
+  f[ip + 9] = 6;
+  f.set(opts.src ?? [10, 0, 0, 1], ip + 12);
+  f.set(opts.dst ?? [10, 0, 0, 2], ip + 16);
+  const tcp = ip + 20;
+  const sport = opts.sport ?? 1234;
+  const dport = opts.dport ?? 80;
+  f[tcp] = sport >> 8;
+  f[tcp + 1] = sport & 0xff;
+  f[tcp + 2] = dport >> 8;
+  f[tcp + 3] = dport & 0xff;
+  f[tcp + 12] = 0x50;
+  f[tcp + 13] = 0x18;
+  for (let i = 0; i < payload; i++) f[tcp + 20 + i] = (i * 7) & 0xff;
+  return f;
+}
+
+/** An RNDIS PACKET carrying `frame` with u32 PPIs [type, value]. */
+function rndisData(frame: Uint8Array, ppis: [number, number][] = []): Uint8Array {
+  const ppiLength = ppis.length * 16;
+  const b = new Uint8Array(44 + ppiLength + frame.length);
+  encodeRndisPacketHeader(b, 0, ppiLength, frame.length);
+  ppis.forEach(([t, v], i) => writeU32Ppi(b, 44 + 16 * i, t, v));
+  b.set(frame, 44 + ppiLength);
+  return b;
+}
+
+// ---- a rig: device + primary channel + buffers ----
+
+interface Rig {
+  device: NetvspDevice;
+  backend: FakeBackend;
+  guest: FakeGuestChannel;
+  gpadls: Map<number, GpaRange[]>;
+  offered: number[];
+  logs: string[];
+  receiveBase: number;
+  receiveBytes: number;
+  sendBase: number;
+  subAllocSize: number;
+  tid: number;
+}
+
+
+function makeRig(options: Partial<NetvspOptions> = {}): Rig {
+  const backend = new FakeBackend();
+  const offered: number[] = [];
+  const logs: string[] = [];
+  const device = new NetvspDevice({ poller, backend, mac: MAC, offerSubchannel: (_d, i) => offered.push(i), log: (m) => logs.push(m), ...options });
+  const gpadls = new Map<number, GpaRange[]>();
+  const guest = new FakeGuestChannel(0, gpadls);
+  rigs.push({ device, guests: [guest] });
+  assert.equal(device.open(guest.open), 0);
+  return { device, backend, guest, gpadls, offered, logs, receiveBase: 0, receiveBytes: 0, sendBase: 0, subAllocSize: 0, tid: 1 };
+}
+
+/** Sends a request and returns the payload of the completion echoing its transaction id (other packets are kept). */
+async function request(rig: Rig, guest: FakeGuestChannel, payload: Uint8Array, header: Uint8Array | null = null, others: Packet[] = []): Promise<Uint8Array> {
+  const tid = rig.tid++;
+  guest.send(header ? PacketType.DataUsingGpaDirect : PacketType.DataInband, tid, payload, header);
+  for (;;) {
+    const p = await guest.next(`the completion of transaction ${tid}`);
+    if (p.type === PacketType.Completion && p.transactionId === BigInt(tid)) return p.payload;
+    others.push(p);
+  }
+}
+
+/** A received RNDIS message: the transfer-page packet is completed at once unless told not to. */
+interface Received {
+  channelType: number;
+  message: Uint8Array;
+  transactionId: bigint;
+}
+
+function readTransferPage(rig: Rig, p: Packet): Received {
+  assert.equal(p.type, PacketType.DataUsingTransferPages);
+  assert.equal(p.flags & 1, 1, 'completion requested');
+  const h = new TransferPageHeader();
+  assert.equal(decodeTransferPageHeader(p.header, 0, p.header.length, h), 0);
+  assert.equal(h.pageSetId, 0xcafe);
+  assert.equal(h.count, 1);
+  const r = h.ranges[0]!;
+  assert.ok(r.byteCount <= rig.subAllocSize, 'a range fits one sub-allocation');
+  assert.ok(r.byteOffset + r.byteCount <= rig.receiveBytes);
+  assert.equal(u32(p.payload, 0), NvspMessageType.SendRndisPacket);
+  assert.equal(u32(p.payload, 8), 0xffffffff);
+  const message = memory.bytes.slice(rig.receiveBase + r.byteOffset, rig.receiveBase + r.byteOffset + r.byteCount);
+  return { channelType: u32(p.payload, 4), message, transactionId: p.transactionId };
+}
+
+function completeReceive(guest: FakeGuestChannel, transactionId: bigint): void {
+  const b = new Uint8Array(8);
+  put32(b, 0, NvspMessageType.SendRndisPacketComplete);
+  put32(b, 4, NvspStatus.Success);
+  guest.send(PacketType.Completion, transactionId, b, null, 0);
+}
+
+async function receive(rig: Rig, guest: FakeGuestChannel = rig.guest, complete = true): Promise<Received> {
+  const p = await guest.next('a transfer-page packet');
+  const r = readTransferPage(rig, p);
+  if (complete) completeReceive(guest, r.transactionId);
+  return r;
+}
+
+/** An RNDIS control request as netvsc sends it (GPA-direct, one range) and its answer. */
+async function control(rig: Rig, message: Uint8Array): Promise<RndisMessage> {
+  const others: Packet[] = [];
+  const completion = await request(rig, rig.guest, rndisPkt(1), gpaHeader([guestBytes(message, 64)]), others);
+  assert.equal(u32(completion, 0), NvspMessageType.SendRndisPacketComplete);
+  assert.equal(u32(completion, 4), NvspStatus.Success);
+  const packet = others.shift() ?? (await rig.guest.next('an RNDIS answer'));
+  const r = readTransferPage(rig, packet);
+  completeReceive(rig.guest, r.transactionId);
+  assert.equal(r.channelType, 1, 'control answers use channel type 1');
+  const m = decodeRndisMessage(r.message, 0, r.message.length, 'to-guest');
+  assert.ok(!('isRndisError' in m), `answer decodes: ${'message' in m ? (m as { message: string }).message : ''}`);
+  return m as RndisMessage;
+}
+
+let requestId = 100;
+async function set(rig: Rig, oid: number, info: Uint8Array): Promise<number> {
+  const b = new Uint8Array(28 + info.length);
+  const id = requestId++;
+  encodeRndisSet(b, 0, id, oid, info);
+  const m = await control(rig, b);
+  assert.equal(m.kind, 'set-complete');
+  if (m.kind !== 'set-complete') throw new Error('unreachable');
+  assert.equal(m.requestId, id);
+  return m.status;
+}
+
+function u32Bytes(v: number): Uint8Array {
+  const b = new Uint8Array(4);
+  put32(b, 0, v);
+  return b;
+}
+
+/** The NVSP part of Linux's bring-up (spec 2.2 steps 1-5). */
+async function nvspBringUp(rig: Rig, receivePages = 64, sendPages = 16): Promise<void> {
+  const g = rig.guest;
+  // Highest first; one the host does not know is refused and the guest tries the next.
+  const refused = await request(rig, g, nvsp(NvspMessageType.Init, 0x70000, 0x70000));
+  assert.equal(u32(refused, 0), NvspMessageType.InitComplete);
+  assert.equal(u32(refused, 12), NvspStatus.Fail);
+  const init = await request(rig, g, nvsp(NvspMessageType.Init, 0x60001, 0x60001));
+  assert.equal(init.length, 40, 'full-size completion');
+  assert.equal(u32(init, 12), NvspStatus.Success);
+  assert.equal(u32(init, 8), 34);
+  g.send(PacketType.DataInband, rig.tid++, nvsp(NvspMessageType.SendNdisConfig, 1514, 0, 0x08 | 0x04 | 0x20 | 0x80), null, 0);
+  g.send(PacketType.DataInband, rig.tid++, nvsp(NvspMessageType.SendNdisVersion, 6, 30), null, 0);
+  const rfirst = allocPages(receivePages);
+  rig.gpadls.set(0x100, [{ byteCount: receivePages * PAGE_SIZE, byteOffset: 0, pfns: Array.from({ length: receivePages }, (_, i) => rfirst + i) }]);
+  rig.receiveBase = rfirst * PAGE_SIZE;
+  rig.receiveBytes = receivePages * PAGE_SIZE;
+  const recv = await request(rig, g, nvsp(NvspMessageType.SendReceiveBuffer, 0x100, 0xcafe));
+  assert.ok(recv.length >= 28);
+  assert.equal(u32(recv, 0), NvspMessageType.SendReceiveBufferComplete);
+  assert.equal(u32(recv, 4), NvspStatus.Success);
+  assert.equal(u32(recv, 8), 1, 'one section');
+  assert.equal(u32(recv, 12), 0, 'at offset 0');
+  const sub = u32(recv, 16);
+  const count = u32(recv, 20);
+  assert.ok(sub >= 68);
+  assert.ok(sub * count <= receivePages * PAGE_SIZE);
+  assert.equal(u32(recv, 24), sub * count);
+  rig.subAllocSize = sub;
+  const sfirst = allocPages(sendPages);
+  rig.gpadls.set(0x101, [{ byteCount: sendPages * PAGE_SIZE, byteOffset: 0, pfns: Array.from({ length: sendPages }, (_, i) => sfirst + i) }]);
+  rig.sendBase = sfirst * PAGE_SIZE;
+  const send = await request(rig, g, nvsp(NvspMessageType.SendSendBuffer, 0x101, 0));
+  assert.equal(u32(send, 0), NvspMessageType.SendSendBufferComplete);
+  assert.equal(u32(send, 4), NvspStatus.Success);
+  assert.equal(u32(send, 8), 6144);
+}
+
+/** NVSP, RNDIS INIT and packet filter: a NIC ready to carry frames. */
+async function bringUp(rig: Rig, receivePages = 64): Promise<void> {
+  await nvspBringUp(rig, receivePages);
+  const b = new Uint8Array(24);
+  encodeRndisInitialize(b, 0, requestId++, 0x4000);
+  const m = await control(rig, b);
+  assert.equal(m.kind, 'initialize-complete');
+  assert.equal(await set(rig, Oid.GEN_CURRENT_PACKET_FILTER, u32Bytes(0x0b)), NdisStatus.Success);
+  // Let the host take the guest's receive completions: every sub-allocation is free again.
+  await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+}
+
+// ---------------------------------------------------------------------------------------
+
+describe('receive buffer allocator', () => {
+  test('hands out every sub-allocation once, frees only what is out, no stale completions', () => {
+    const rb = new ReceiveBuffer(new Uint8Array(10 * 1728 + 100), 1728);
+    assert.equal(rb.count, 10);
+    assert.equal(rb.endOffset, 17280);
+    const got = new Set<number>();
+    for (let i = 0; i < 10; i++) got.add(rb.allocate());
+    assert.equal(got.size, 10);
+    assert.equal(rb.allocate(), -1);
+    assert.equal(rb.free(3), true);
+    assert.equal(rb.free(3), false, 'double free refused');
+    assert.equal(rb.free(99), false);
+    const id = rb.transactionIdFor(4);
+    assert.equal(rb.complete(id % 2 ** 32, Math.floor(id / 2 ** 32) + 1), false, 'another generation');
+    assert.equal(rb.complete(id % 2 ** 32, Math.floor(id / 2 ** 32)), true);
+    assert.equal(rb.freeCount, 2);
+  });
+
+  test('sub-allocation size: Hyper-V 1728 at MTU 1500, a whole jumbo frame at 9000', () => {
+    assert.equal(receiveSubAllocationSize(1500), 1728);
+    const jumbo = receiveSubAllocationSize(9000);
+    assert.ok(jumbo >= 44 + 48 + 9000 + 18);
+    assert.equal(jumbo % 8, 0);
+  });
+});
+
+describe('NetVSP bring-up (Linux order)', () => {
+  test('INIT, NDIS config/version, buffers, RNDIS INIT and the OIDs of spec 2.6', async () => {
+    const rig = makeRig({ maxQueues: 4 });
+    assert.equal(rig.device.classId, NETVSC_CLASS_ID);
+    assert.equal(rig.device.name, 'network');
+    await nvspBringUp(rig);
+    const init = new Uint8Array(24);
+    encodeRndisInitialize(init, 0, 7, 0x4000);
+    const ic = await control(rig, init);
+    assert.equal(ic.kind, 'initialize-complete');
+    if (ic.kind === 'initialize-complete') {
+      assert.equal(ic.requestId, 7);
+      assert.equal(ic.status, 0);
+      assert.equal(ic.majorVersion, 1);
+      assert.equal(ic.maxPacketsPerMessage, 8);
+      assert.equal(ic.packetAlignmentFactor, 3);
+    }
+    const frame = await queryRaw(rig, Oid.GEN_MAXIMUM_FRAME_SIZE);
+    assert.equal(frame.status, 0);
+    assert.deepEqual([...frame.info], [...u32Bytes(1500)]);
+    const mac = await queryRaw(rig, Oid['802_3_PERMANENT_ADDRESS']);
+    assert.equal(mac.status, 0);
+    assert.deepEqual([...mac.info], [...MAC]);
+    const name = await queryRaw(rig, Oid.GEN_FRIENDLY_NAME);
+    assert.notEqual(name.status, 0, 'friendly name is optional and fails');
+    const header = Uint8Array.from([0xa7, 3, 156, 0]);
+    const caps = await queryRaw(rig, Oid.TCP_OFFLOAD_HARDWARE_CAPABILITIES, header);
+    assert.equal(caps.status, 0);
+    assert.equal(caps.info.length, 156);
+    assert.equal(caps.info[0], 0xa7);
+    assert.equal(caps.info[1], 3);
+    assert.equal(u32(caps.info, 8) & 0x14, 0x14, 'TCPv4 TX checksum');
+    assert.equal(u32(caps.info, 80) & 2, 2, 'LSOv2 IPv4');
+    const params = new Uint8Array(28);
+    encodeNdisOffloadParameters(params, 0, {
+      ipv4Checksum: 1, tcpIpv4Checksum: 4, udpIpv4Checksum: 4, tcpIpv6Checksum: 4, udpIpv6Checksum: 4, lsoV1: 0, ipsecV1: 0,
+      lsoV2Ipv4: 2, lsoV2Ipv6: 2, tcpConnectionIpv4: 0, tcpConnectionIpv6: 0, flags: 0, ipsecV2: 0, ipsecV2Ipv4: 0, rscIpv4: 0, rscIpv6: 0,
+      encapsulatedPacketTaskOffload: 0, encapsulationTypes: 0,
+    });
+    assert.equal(await set(rig, Oid.TCP_OFFLOAD_PARAMETERS, params), 0);
+    const media = await queryRaw(rig, Oid.GEN_MEDIA_CONNECT_STATUS);
+    assert.deepEqual([...media.info], [0, 0, 0, 0]);
+    const speed = await queryRaw(rig, Oid.GEN_LINK_SPEED);
+    assert.equal(u32(speed.info, 0), 100_000_000);
+    const rss = await queryRaw(rig, Oid.GEN_RECEIVE_SCALE_CAPABILITIES, Uint8Array.from([0x88, 2, 18, 0]));
+    assert.equal(rss.status, 0);
+    assert.equal(rss.info.length, 18);
+    assert.equal(rss.info[0], 0x88);
+    assert.equal(u32(rss.info, 12), 4, 'receive queues');
+    const unknown = await queryRaw(rig, 0x00020101);
+    assert.equal(unknown.status, NdisStatus.InvalidOid);
+    assert.equal(await set(rig, Oid.GEN_CURRENT_PACKET_FILTER, u32Bytes(0x0b)), 0);
+    assert.equal(rig.guest.failures.length, 0);
+  });
+});
+
+/** QUERY returning the raw information bytes. */
+async function queryRaw(rig: Rig, oid: number, info?: Uint8Array): Promise<{ status: number; info: Uint8Array }> {
+  const b = new Uint8Array(28 + (info?.length ?? 0));
+  const id = requestId++;
+  encodeRndisQuery(b, 0, id, oid, info);
+  const others: Packet[] = [];
+  await request(rig, rig.guest, rndisPkt(1), gpaHeader([guestBytes(b, 8)]), others);
+  const packet = others.shift() ?? (await rig.guest.next('an RNDIS answer'));
+  const r = readTransferPage(rig, packet);
+  completeReceive(rig.guest, r.transactionId);
+  const m = decodeRndisMessage(r.message, 0, r.message.length, 'to-guest');
+  if ('isRndisError' in m || m.kind !== 'query-complete') throw new Error(`not a QUERY_CMPLT: ${JSON.stringify(m)}`);
+  assert.equal(m.requestId, id);
+  assert.ok(r.message.length <= 4148);
+  return { status: m.status, info: r.message.slice(m.infoOffset, m.infoOffset + m.infoLength) };
+}
+
+describe('NetVSP transmit', () => {
+  test('one frame from a send-buffer section with a TCP checksum PPI', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    const frame = tcpFrame();
+    const msg = rndisData(frame, [[PpiType.TcpIpChecksum, txChecksumInfo(TxChecksum.IsIpv4 | TxChecksum.Tcp, 34)]]);
+    memory.bytes.set(msg, rig.sendBase + 2 * 6144);
+    const c = await request(rig, rig.guest, rndisPkt(0, 2, msg.length));
+    assert.equal(u32(c, 0), NvspMessageType.SendRndisPacketComplete);
+    assert.equal(u32(c, 4), NvspStatus.Success);
+    assert.equal(rig.backend.sent.length, 1);
+    const s = rig.backend.sent[0]!;
+    assert.deepEqual([...s.frame], [...frame]);
+    assert.equal(s.offload.needsChecksum, true);
+    assert.equal(s.offload.checksumStart, 34);
+    assert.equal(s.offload.checksumOffset, 16);
+    assert.equal(s.offload.gso, 'none');
+    const st = rig.device.stats().channels[0]!;
+    assert.equal(st.txFrames, 1);
+    assert.equal(st.txBytes, frame.length);
+  });
+
+  test('a section holding several RNDIS packets (batched, padded) sends each', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    const a = rndisData(tcpFrame({ payload: 10 }));
+    const b = rndisData(tcpFrame({ payload: 20 }));
+    const pad = (x: Uint8Array) => {
+      const n = (x.length + 7) & ~7;
+      const y = new Uint8Array(n);
+      y.set(x);
+      put32(y, 4, n);
+      return y;
+    };
+    const pa = pad(a);
+    const section = new Uint8Array(pa.length + b.length);
+    section.set(pa);
+    section.set(b, pa.length);
+    memory.bytes.set(section, rig.sendBase);
+    const c = await request(rig, rig.guest, rndisPkt(0, 0, section.length));
+    assert.equal(u32(c, 4), NvspStatus.Success);
+    assert.equal(rig.backend.sent.length, 2);
+  });
+
+  test('GPA-direct LSOv2 frame: setGso tcpv4 with the IP total length, header checksum and pseudo sum fixed', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    const frame = tcpFrame({ payload: 4000, zeroLength: true });
+    // netvsc's pseudo-header sum without the length.
+    const pseudo0 = foldSum(pseudoHeaderSumIpv4(frame, 14, 6, 0));
+    frame[14 + 20 + 16] = pseudo0 >> 8;
+    frame[14 + 20 + 17] = pseudo0 & 0xff;
+    const msg = rndisData(frame, [[PpiType.TcpLargeSend, lsoV2Info(1448, 34, LsoIpVersion.Ipv4)]]);
+    const c = await request(rig, rig.guest, rndisPkt(0), gpaHeader([guestBytes(msg, 3000)]));
+    assert.equal(u32(c, 4), NvspStatus.Success);
+    const s = rig.backend.sent[0]!;
+    assert.equal(s.offload.gso, 'tcpv4');
+    assert.equal(s.offload.gsoSize, 1448);
+    assert.equal(s.offload.needsChecksum, true);
+    assert.equal(s.offload.checksumStart, 34);
+    assert.equal(s.offload.headerLength, 54);
+    const ipLength = (s.frame[16]! << 8) | s.frame[17]!;
+    assert.equal(ipLength, frame.length - 14);
+    assert.ok(verifyIpv4HeaderChecksum(s.frame, 14, 20));
+    const expected = foldSum(pseudoHeaderSumIpv4(s.frame, 14, 6, frame.length - 34));
+    assert.equal((s.frame[50]! << 8) | s.frame[51]!, expected);
+    void onesSum;
+  });
+
+  test('mixed shape: RNDIS header in the section, frame bytes in GPA-direct pages', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    const frame = tcpFrame({ payload: 200 });
+    const msg = rndisData(frame);
+    memory.bytes.set(msg.subarray(0, 44), rig.sendBase + 6144);
+    const c = await request(rig, rig.guest, rndisPkt(0, 1, 44), gpaHeader([guestBytes(msg.subarray(44), 4090)]));
+    assert.equal(u32(c, 4), NvspStatus.Success);
+    assert.deepEqual([...rig.backend.sent[0]!.frame], [...frame]);
+  });
+
+  test('a VLAN PPI puts the 802.1Q tag back into the frame', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    const frame = tcpFrame();
+    const msg = rndisData(frame, [[PpiType.Ieee8021Q, (5 << 4) | 3]]);
+    const c = await request(rig, rig.guest, rndisPkt(0), gpaHeader([guestBytes(msg)]));
+    assert.equal(u32(c, 4), NvspStatus.Success);
+    const sent = rig.backend.sent[0]!.frame;
+    assert.equal(sent.length, frame.length + 4);
+    assert.deepEqual([...sent.subarray(12, 16)], [0x81, 0x00, 0x60, 0x05]);
+  });
+
+  test('backend backpressure: the packet waits and is sent once, then completed', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    rig.backend.refuse = 3;
+    const msg = rndisData(tcpFrame());
+    const c = await request(rig, rig.guest, rndisPkt(0), gpaHeader([guestBytes(msg)]));
+    assert.equal(u32(c, 4), NvspStatus.Success);
+    assert.equal(rig.backend.sent.length, 1);
+  });
+});
+
+describe('NetVSP receive', () => {
+  test('a frame from the backend lands in a sub-allocation with a checksum PPI; completion frees it', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    const free = rig.device.stats().receiveBufferFree;
+    const frame = tcpFrame({ payload: 100 });
+    rig.backend.inject([frame], (o) => (o.checksumValid = true));
+    const r = await receive(rig, rig.guest, false);
+    assert.equal(r.channelType, 0);
+    const m = decodeRndisMessage(r.message, 0, r.message.length, 'to-guest');
+    if ('isRndisError' in m || m.kind !== 'packet') throw new Error('not a PACKET');
+    assert.deepEqual([...r.message.subarray(m.dataOffset, m.dataOffset + m.dataLength)], [...frame]);
+    const info = new PacketInfo();
+    assert.equal(decodePacketInfo(r.message, m.ppiOffset, m.ppiLength, info), null);
+    assert.ok(info.hasChecksum);
+    assert.equal(info.checksum & (RxChecksum.TcpSucceeded | RxChecksum.IpSucceeded), RxChecksum.TcpSucceeded | RxChecksum.IpSucceeded);
+    assert.equal(info.hasHash, false, 'no hash PPI without RSS');
+    assert.equal(rig.device.stats().receiveBufferFree, free - 1);
+    completeReceive(rig.guest, r.transactionId);
+    await waitFor(() => rig.device.stats().receiveBufferFree === free, 'the sub-allocation to be freed');
+    assert.equal(rig.device.stats().channels[0]!.rxFrames, 1);
+  });
+
+  test('a partial checksum from the host is finished before the guest sees it', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    const frame = tcpFrame({ payload: 51 });
+    const pseudo = foldSum(pseudoHeaderSumIpv4(frame, 14, 6, frame.length - 34));
+    frame[50] = pseudo >> 8;
+    frame[51] = pseudo & 0xff;
+    rig.backend.inject([frame], (o) => o.setChecksum(34, 16));
+    const r = await receive(rig);
+    const m = decodeRndisMessage(r.message, 0, r.message.length, 'to-guest');
+    if ('isRndisError' in m || m.kind !== 'packet') throw new Error('not a PACKET');
+    const got = r.message.subarray(m.dataOffset, m.dataOffset + m.dataLength);
+    const parsed = new ParsedPacket();
+    parsePacket(got, 0, got.length, parsed);
+    assert.equal(foldSum(onesSum(got, 34, got.length - 34, pseudoHeaderSumIpv4(got, 14, 6, got.length - 34))), 0xffff, 'valid TCP checksum');
+  });
+
+  test('no sub-allocation free: the backend is paused, frames beyond are dropped and counted, completions resume it', async () => {
+    const rig = makeRig();
+    await bringUp(rig, 2); // 8 KiB: 4 sub-allocations; RNDIS answers used and returned some
+    await waitFor(() => rig.device.stats().receiveBufferFree === 4, 'all sub-allocations free');
+    rig.backend.inject([1, 2, 3, 4, 5, 6].map((i) => tcpFrame({ sport: i })));
+    assert.equal(rig.backend.paused, true);
+    const held: Received[] = [];
+    for (let i = 0; i < 4; i++) held.push(await receive(rig, rig.guest, false));
+    assert.equal(rig.device.stats().nic.rxNoBuffer, 2);
+    for (const r of held) completeReceive(rig.guest, r.transactionId);
+    await waitFor(() => !rig.backend.paused, 'receive to resume');
+  });
+
+  test('a GSO frame from the host arrives as MTU-sized segments with good checksums', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    const frame = tcpFrame({ payload: 4000 });
+    rig.backend.inject([frame], (o) => o.setChecksum(34, 16).setGso('tcpv4', 1448, 54));
+    let bytes = 0;
+    for (let i = 0; i < 3; i++) {
+      const r = await receive(rig);
+      const m = decodeRndisMessage(r.message, 0, r.message.length, 'to-guest');
+      if ('isRndisError' in m || m.kind !== 'packet') throw new Error('not a PACKET');
+      const got = r.message.subarray(m.dataOffset, m.dataOffset + m.dataLength);
+      assert.ok(got.length <= 1514);
+      assert.ok(verifyIpv4HeaderChecksum(got, 14, 20));
+      assert.equal(foldSum(onesSum(got, 34, got.length - 34, pseudoHeaderSumIpv4(got, 14, 6, got.length - 34))), 0xffff);
+      bytes += got.length - 54;
+    }
+    assert.equal(bytes, 4000);
+  });
+
+  test('nothing is indicated before the packet filter is set', async () => {
+    const rig = makeRig();
+    await nvspBringUp(rig);
+    rig.backend.inject([tcpFrame()]);
+    assert.equal(rig.device.stats().nic.rxNotReady, 1);
+    await new Promise((r) => setTimeout(r, 10));
+    assert.equal(rig.guest.take(), null);
+  });
+});
+
+describe('NetVSP interrupts and MTU', () => {
+  test('the guest is interrupted once per batch, only when its ring was empty and unmasked', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    const inbound = rig.guest.open.outgoing;
+    const before = rig.guest.hostSignals;
+    Atomics.store(inbound.header, RingWord.InterruptMask, 1);
+    rig.backend.inject([1, 2, 3].map((i) => tcpFrame({ sport: i })));
+    for (let i = 0; i < 3; i++) await receive(rig);
+    assert.equal(rig.guest.hostSignals, before, 'masked: no interrupt');
+    Atomics.store(inbound.header, RingWord.InterruptMask, 0);
+    await waitFor(() => rig.guest.consumed, 'completions read');
+    const unmasked = rig.guest.hostSignals;
+    rig.backend.inject([4, 5, 6].map((i) => tcpFrame({ sport: i })));
+    for (let i = 0; i < 3; i++) await receive(rig);
+    assert.equal(rig.guest.hostSignals, unmasked + 1, 'one interrupt for the batch');
+  });
+
+  test('MTU 9000: sub-allocations hold a whole jumbo frame, which arrives intact', async () => {
+    const rig = makeRig({ mtu: 9000 });
+    await bringUp(rig, 256);
+    assert.ok(rig.subAllocSize >= 44 + 32 + 9014);
+    const frame = tcpFrame({ payload: 9000 - 40 });
+    rig.backend.inject([frame]);
+    const r = await receive(rig);
+    const m = decodeRndisMessage(r.message, 0, r.message.length, 'to-guest');
+    if ('isRndisError' in m || m.kind !== 'packet') throw new Error('not a PACKET');
+    assert.equal(m.dataLength, frame.length);
+    const max = await queryRaw(rig, Oid.GEN_MAXIMUM_FRAME_SIZE);
+    assert.equal(u32(max.info, 0), 9000);
+  });
+});
+
+describe('NetVSP link state', () => {
+  test('link down / up from the host become MEDIA_DISCONNECT / MEDIA_CONNECT indications', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    rig.device.setLinkUp(false);
+    const down = await receive(rig);
+    assert.equal(down.channelType, 1);
+    assert.equal(u32(down.message, 0), RndisMessageType.IndicateStatus);
+    assert.equal(u32(down.message, 8), NdisStatus.MediaDisconnect);
+    const media = await queryRaw(rig, Oid.GEN_MEDIA_CONNECT_STATUS);
+    assert.equal(u32(media.info, 0), 1);
+    // Link down: guest frames are dropped (and still completed).
+    const c = await request(rig, rig.guest, rndisPkt(0), gpaHeader([guestBytes(rndisData(tcpFrame()))]));
+    assert.equal(u32(c, 4), NvspStatus.Success);
+    assert.equal(rig.backend.sent.length, 0);
+    rig.device.setLinkUp(true);
+    const up = await receive(rig);
+    assert.equal(u32(up.message, 8), NdisStatus.MediaConnect);
+  });
+});
+
+describe('NetVSP vRSS', () => {
+  test('two channels: subchannel grant, offer, RSS table spreads flows by Toeplitz hash with a hash PPI', async () => {
+    const rig = makeRig({ maxQueues: 2 });
+    await bringUp(rig);
+    const sc = await request(rig, rig.guest, nvsp(NvspMessageType.Subchannel, 1, 5));
+    assert.equal(u32(sc, 4), NvspStatus.Success);
+    assert.equal(u32(sc, 8), 1, 'granted one (maxQueues - 1)');
+    assert.deepEqual(rig.offered, [1]);
+    const sub = new FakeGuestChannel(1, rig.gpadls);
+    rigs.at(-1)!.guests.push(sub);
+    assert.equal(rig.device.open(sub.open), 0);
+    // Disable, then enable with table[i] = i % 2 (what Linux sends).
+    const table = Array.from({ length: 16 }, (_, i) => i % 2);
+    const off = new Uint8Array(40);
+    encodeRssParameters(off, 0, RssParameterFlag.DisableRss, LINUX_RSS_HASH_INFO, [], []);
+    assert.equal(await set(rig, Oid.GEN_RECEIVE_SCALE_PARAMETERS, off), 0);
+    const on = new Uint8Array(40 + 64 + 40);
+    encodeRssParameters(on, 0, 0, LINUX_RSS_HASH_INFO, table, [...MICROSOFT_RSS_KEY]);
+    assert.equal(await set(rig, Oid.GEN_RECEIVE_SCALE_PARAMETERS, on), 0);
+    const hasher = new ToeplitzHash();
+    const parsed = new ParsedPacket();
+    const frames = Array.from({ length: 16 }, (_, i) => tcpFrame({ sport: 1000 + i * 13 }));
+    const expected = frames.map((f) => {
+      parsePacket(f, 0, f.length, parsed);
+      const h = hasher.hashPacket(f, 0, parsed, LINUX_RSS_HASH_INFO);
+      return { hash: h >>> 0, channel: table[h % 16]! };
+    });
+    assert.ok(expected.some((e) => e.channel === 0) && expected.some((e) => e.channel === 1), 'the flows cover both channels');
+    rig.backend.inject(frames);
+    const guests = [rig.guest, sub];
+    for (const [i, f] of frames.entries()) {
+      const g = guests[expected[i]!.channel]!;
+      const r = await receive(rig, g);
+      const m = decodeRndisMessage(r.message, 0, r.message.length, 'to-guest');
+      if ('isRndisError' in m || m.kind !== 'packet') throw new Error('not a PACKET');
+      assert.deepEqual([...r.message.subarray(m.dataOffset, m.dataOffset + m.dataLength)], [...f], `frame ${i} on channel ${expected[i]!.channel}`);
+      const info = new PacketInfo();
+      assert.equal(decodePacketInfo(r.message, m.ppiOffset, m.ppiLength, info), null);
+      assert.ok(info.hasHash);
+      assert.equal(info.hash, expected[i]!.hash);
+    }
+    const stats = rig.device.stats().channels;
+    assert.equal(stats[0]!.rxFrames + stats[1]!.rxFrames, 16);
+    assert.ok(stats[1]!.rxFrames > 0);
+    // The sub-channel carries transmit too.
+    const c = await request(rig, sub, rndisPkt(0), gpaHeader([guestBytes(rndisData(tcpFrame()))]));
+    assert.equal(u32(c, 4), NvspStatus.Success);
+    assert.equal(rig.device.stats().channels[1]!.txFrames, 1);
+  });
+});
+
+describe('NetVSP against a hostile guest', () => {
+  test('out-of-range section, bad PPI length, pages outside RAM: failure statuses, nothing sent', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    const bad1 = await request(rig, rig.guest, rndisPkt(0, 9999, 100));
+    assert.equal(u32(bad1, 0), NvspMessageType.SendRndisPacketComplete);
+    assert.notEqual(u32(bad1, 4), NvspStatus.Success);
+    const big = await request(rig, rig.guest, rndisPkt(0, 0, 7000));
+    assert.notEqual(u32(big, 4), NvspStatus.Success);
+    // A PPI whose size runs past the PPI area (Linux would loop forever on such a record).
+    const msg = rndisData(tcpFrame(), [[PpiType.TcpIpChecksum, 0]]);
+    put32(msg, 44, 64);
+    const bad2 = await request(rig, rig.guest, rndisPkt(0), gpaHeader([guestBytes(msg)]));
+    assert.equal(u32(bad2, 4), NvspStatus.InvalidRndisPacket);
+    const outside = await request(rig, rig.guest, rndisPkt(0), gpaHeader([{ byteCount: 100, byteOffset: 0, pfns: [RAM_PAGES + 5] }]));
+    assert.equal(u32(outside, 4), NvspStatus.InvalidRndisPacket);
+    const wrongCount = gpaHeader([{ byteCount: 100, byteOffset: 0, pfns: [20] }]);
+    put32(wrongCount, 8, 9000); // byte_count says 3 pages, the list has 1: the range overruns the header
+    const bad3 = await request(rig, rig.guest, rndisPkt(0), wrongCount);
+    assert.equal(u32(bad3, 4), NvspStatus.InvalidRndisPacket);
+    assert.equal(rig.backend.sent.length, 0);
+    // Second buffers, sub-channels on v-unsupported or non-primary requests are refused.
+    const again = await request(rig, rig.guest, nvsp(NvspMessageType.SendReceiveBuffer, 0x100, 0xcafe));
+    assert.equal(u32(again, 4), NvspStatus.Fail);
+    // Still serving.
+    const ok = await request(rig, rig.guest, rndisPkt(0), gpaHeader([guestBytes(rndisData(tcpFrame()))]));
+    assert.equal(u32(ok, 4), NvspStatus.Success);
+    assert.equal(rig.guest.failures.length, 0);
+  });
+
+  test('forged and stale receive completions are ignored', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    const free = rig.device.stats().receiveBufferFree;
+    completeReceive(rig.guest, 12345n);
+    completeReceive(rig.guest, (1n << 60n) + 3n);
+    await waitFor(() => rig.device.stats().channels[0]!.badCompletions === 2, 'the bad completions to be counted');
+    assert.equal(rig.device.stats().receiveBufferFree, free);
+  });
+
+  test('fast-check: random NVSP messages and random RNDIS bytes get answers, never a throw, and the NIC keeps serving', async () => {
+    const rig = makeRig({ maxQueues: 2 });
+    await bringUp(rig);
+    const types = [0, 1, 2, 100, 101, 102, 103, 104, 105, 106, 107, 108, 125, 128, 129, 131, 133, 134, 135, 999, 0xffffffff];
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom(...types),
+        fc.uint8Array({ minLength: 0, maxLength: 36 }),
+        fc.boolean(),
+        async (type, body, viaGpa) => {
+          const payload = new Uint8Array(4 + body.length);
+          put32(payload, 0, type);
+          payload.set(body, 4);
+          // Never revoke the live buffers here, and keep SEND_RNDIS_PKT pointing at real data.
+          if (type === 103 || type === 106) return;
+          const header = viaGpa ? gpaHeader([guestBytes(body.length > 0 ? body : Uint8Array.of(1))]) : null;
+          const reply = await request(rig, rig.guest, payload.length === 0 ? Uint8Array.of(0) : payload, header);
+          assert.ok(reply.length >= 8);
+        },
+      ),
+      { numRuns: 150 },
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.uint8Array({ minLength: 1, maxLength: 300 }), fc.integer({ min: 0, max: 3 }), async (bytes, kind) => {
+        // Random bytes, sometimes with a plausible RNDIS header in front.
+        const b = Uint8Array.from(bytes);
+        if (kind > 0 && b.length >= 8) {
+          put32(b, 0, [1, 4, 5][kind - 1]!);
+          put32(b, 4, b.length);
+        }
+        const reply = await request(rig, rig.guest, rndisPkt(kind === 0 ? 0 : 1), gpaHeader([guestBytes(b)]));
+        assert.equal(u32(reply, 0), NvspMessageType.SendRndisPacketComplete);
+        // Answers to accidental valid control messages: complete them so the buffer never runs dry.
+        let p: Packet | null;
+        while ((p = rig.guest.take()) !== null) if (p.type === PacketType.DataUsingTransferPages) completeReceive(rig.guest, p.transactionId);
+      }),
+      { numRuns: 150 },
+    );
+    assert.equal(rig.guest.failures.length, 0);
+    // Still a working NIC.
+    const c = await request(rig, rig.guest, rndisPkt(0), gpaHeader([guestBytes(rndisData(tcpFrame()))]));
+    assert.equal(u32(c, 4), NvspStatus.Success);
+    const before = rig.backend.sent.length;
+    assert.ok(before >= 1);
+  });
+
+  test('close and reopen: the session resets and the bring-up works again', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    rig.device.close(rig.guest.open);
+    assert.equal(rig.device.stats().nvspVersion, 0);
+    const guest = new FakeGuestChannel(0, rig.gpadls);
+    rigs.at(-1)!.guests.push(guest);
+    assert.equal(rig.device.open(guest.open), 0);
+    rig.guest = guest;
+    await bringUp(rig);
+    rig.backend.inject([tcpFrame()]);
+    const r = await receive(rig);
+    assert.equal(r.channelType, 0);
+  });
+});
+
