@@ -11,7 +11,10 @@ export type ApiRequest =
   | { op: 'disk-add'; spec: string }
   /** Hot-remove the disk at a LUN. */
   | { op: 'disk-remove'; lun: number }
-  | { op: 'disk-list' };
+  | { op: 'disk-list' }
+  /** Link up/down as the guest sees it, for one NIC (index) or all. */
+  | { op: 'link'; up: boolean; nic?: number }
+  | { op: 'nic-list' };
 
 export type ApiReply = { ok: true; result: unknown } | { ok: false; error: string };
 

@@ -18,6 +18,7 @@ import { parseGuestMarker } from '../guest-image/guest-markers.js';
 import { UsageError } from './usage-error.js';
 import { exitWithGrace } from '../vm/exit-after-shutdown.js';
 import { SerialConsole } from '../x86/serial-console.js';
+import { VmNetwork } from '../vm/vm-network.js';
 import type { ValidatedRun } from './run-command.js';
 
 export interface KvmRunOptions {
@@ -82,6 +83,7 @@ export async function runKvm(run: ValidatedRun, o: KvmRunOptions): Promise<numbe
   const diskSpecs: DiskSpec[] = [...run.disks];
   let devices: StandardDevices | null = null;
   let disks: VmStorage | null = null;
+  let network: VmNetwork | null = null;
   let machine: KvmMachine | null = null;
   let commandStatus: number | null = null;
   let ready = false;
@@ -125,6 +127,7 @@ export async function runKvm(run: ValidatedRun, o: KvmRunOptions): Promise<numbe
       devices: (context) => {
         devices = createStandardDevices({ poller: context.poller, referenceTime: () => context.partition.referenceTime(), log });
         disks = new VmStorage({ poller: context.poller, server: context.server, cpus: run.cpus, log });
+        network = new VmNetwork({ poller: context.poller, server: context.server, cpus: run.cpus, log });
         return [...devices.all, disks.controller];
       },
     });
@@ -151,6 +154,10 @@ export async function runKvm(run: ValidatedRun, o: KvmRunOptions): Promise<numbe
       // A guest without enlighten's /init has no marker: it is up once it can be shut down.
       if (!defaultImage && e.name === 'shutdown') onReady('shutdown integration service open');
     });
+    for (const spec of run.nets) {
+      const nic = network!.add(spec);
+      log(`NIC ${nic.index}: ${nic.mac} on ${nic.kind} ${nic.target} (mtu ${nic.mtu}, ${nic.queues} queue(s))`);
+    }
     for (const spec of diskSpecs) {
       const disk = await disks!.attach(spec);
       log(`${disk.path} (${disk.format}, ${disk.sizeBytes} bytes${disk.readOnly ? ', read-only' : ''}) is LUN ${disk.lun}`);
@@ -162,10 +169,13 @@ export async function runKvm(run: ValidatedRun, o: KvmRunOptions): Promise<numbe
     let clean = true;
     const m = machine;
     const d = disks;
+    const n = network;
     machine = null;
     disks = null;
+    network = null;
     devices = null;
     if (m) await m.stop();
+    n?.close();
     if (d) {
       await d.close().catch((e: Error) => {
         process.stderr.write(`enlighten: closing the disk images failed: ${e.message}\n`);
@@ -197,6 +207,10 @@ export async function runKvm(run: ValidatedRun, o: KvmRunOptions): Promise<numbe
         return disk;
       }
       case 'disk-list': return requireDisks().list();
+      case 'link':
+        if (!network) throw new Error('the VM is between boots; try again');
+        return network.setLink(request.up, request.nic);
+      case 'nic-list': return network ? network.list() : [];
       default: throw new Error(`unknown API operation ${(request as { op: string }).op}`);
     }
   });

@@ -8,6 +8,7 @@ import { UsageError } from './usage-error.js';
 import { DEFAULT_CMDLINE } from './kvm-run.js';
 import { addAcpiCommand } from './acpi-command.js';
 import { addGuestCommand } from './guest-command.js';
+import { addSwitchCommand } from './switch-command.js';
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
@@ -34,6 +35,8 @@ function program(): Command {
     .option('--api-socket <path>', 'control socket path (default: derived from --name)')
     .option('--disk <spec>', 'attach a disk image as the next SCSI LUN: PATH[,readonly][,format=raw|vhdx] (repeatable; PATH memory:SIZE is a RAM disk)', collect, [])
     .option('--expose-disks <dir>', 'the reference guest surfaces each disk it finds as the file DIR/lun<N> (FUSE)')
+    .option('--net <spec>', 'add a NIC: tap=NAME[,mac=MAC][,mtu=N][,queues=N][,netns=NS] or switch=PATH[,mac=MAC][,mtu=N][,queues=N] (repeatable)', collect, [])
+    .option('--expose-nics <netns>', "the reference guest surfaces each NIC it finds as a TAP device in the existing network namespace NETNS")
     .option('--kernel <bzImage>', 'kvm: boot this kernel instead of the pinned Debian cloud kernel')
     .option('--initrd <file>', 'kvm: initramfs for --kernel')
     .option('--cmdline <text>', `kvm: kernel command line (default '${DEFAULT_CMDLINE}')`)
@@ -49,6 +52,7 @@ function program(): Command {
 
   addAcpiCommand(root);
   addGuestCommand(root);
+  addSwitchCommand(root);
 
   const disk = root.command('disk').description("add, remove or list a running VM's disks (SCSI hot-plug)");
   const socketOf = (options: { apiSocket?: string; name: string }) => options.apiSocket ?? defaultSocketPath(options.name);
@@ -82,6 +86,34 @@ function program(): Command {
       const disks = (await callApi(socketOf(options), { op: 'disk-list' })) as { lun: number; path: string; format: string; readOnly: boolean; sizeBytes: number }[];
       if (options.json) process.stdout.write(`${JSON.stringify(disks)}\n`);
       else for (const d of disks) process.stdout.write(`LUN ${d.lun}  ${d.format}  ${d.sizeBytes} bytes${d.readOnly ? '  read-only' : ''}  ${d.path}\n`);
+    });
+
+  root
+    .command('link <state>')
+    .description("set a running VM's NIC link up or down, as the guest sees it (the cable)")
+    .option('--nic <index>', 'only this NIC (default: all)')
+    .option('--name <name>', 'VM name', 'default')
+    .option('--api-socket <path>', 'control socket path')
+    .action(async (state: string, options) => {
+      if (state !== 'up' && state !== 'down') throw new UsageError(`link state must be 'up' or 'down', not '${state}'`);
+      let nic: number | undefined;
+      if (options.nic !== undefined) {
+        nic = Number(options.nic);
+        if (!Number.isInteger(nic) || nic < 0) throw new UsageError(`--nic must be a NIC index (0, 1, ...), not '${options.nic}'`);
+      }
+      const nics = (await callApi(socketOf(options), { op: 'link', up: state === 'up', nic })) as { index: number; mac: string }[];
+      for (const n of nics) process.stdout.write(`NIC ${n.index} (${n.mac}): link ${state}\n`);
+    });
+  root
+    .command('nics')
+    .description("list a running VM's NICs")
+    .option('--name <name>', 'VM name', 'default')
+    .option('--api-socket <path>', 'control socket path')
+    .option('--json', 'JSON output')
+    .action(async (options) => {
+      const nics = (await callApi(socketOf(options), { op: 'nic-list' })) as { index: number; kind: string; target: string; mac: string; mtu: number; queues: number; linkUp: boolean }[];
+      if (options.json) process.stdout.write(`${JSON.stringify(nics)}\n`);
+      else for (const n of nics) process.stdout.write(`NIC ${n.index}  ${n.mac}  ${n.kind}=${n.target}  mtu ${n.mtu}  ${n.queues} queue(s)  link ${n.linkUp ? 'up' : 'down'}\n`);
     });
 
   root

@@ -15,6 +15,9 @@ import { parseDiskSpec, type DiskSpec } from '../vm/disk-spec.js';
 import { VmStorage } from '../vm/vm-storage.js';
 import { UsageError } from './usage-error.js';
 import { runKvm } from './kvm-run.js';
+import { parseNetSpec, type NetSpec } from '../vm/net-spec.js';
+import { VmNetwork } from '../vm/vm-network.js';
+import { netnsExists } from '../sys/netns.js';
 import { exitWithGrace } from '../vm/exit-after-shutdown.js';
 
 export interface RunOptions {
@@ -37,6 +40,8 @@ export interface RunOptions {
   guestPackage?: string[];
   kvmDevice?: string;
   onReboot?: string;
+  net?: string[];
+  exposeNics?: string;
 }
 
 const MIN_MEMORY = 16 * 1024 * 1024;
@@ -54,6 +59,8 @@ export interface ValidatedRun {
   verbose: boolean;
   disks: DiskSpec[];
   exposeDisks?: string;
+  nets: NetSpec[];
+  exposeNics?: string;
 }
 
 export function validateRunOptions(o: RunOptions): ValidatedRun {
@@ -62,8 +69,8 @@ export function validateRunOptions(o: RunOptions): ValidatedRun {
     for (const [flag, value] of [['--kernel', o.kernel], ['--initrd', o.initrd], ['--cmdline', o.cmdline], ['--guest-kernel', o.guestKernel]] as const) {
       if (value !== undefined) throw new UsageError(`${flag} boots a real kernel: it needs '--backend kvm'`);
     }
-  } else if (o.exposeDisks !== undefined) {
-    throw new UsageError('--expose-disks is for the reference guest (--backend process); a real guest has its own block devices');
+  } else if (o.exposeDisks !== undefined || o.exposeNics !== undefined) {
+    throw new UsageError(`${o.exposeDisks !== undefined ? '--expose-disks' : '--expose-nics'} is for the reference guest (--backend process); a real guest has its own devices`);
   }
   if (o.events !== 'json' && o.events !== 'text') throw new UsageError(`--events must be 'json' or 'text', not '${o.events}'`);
   if (o.stopWhen !== 'ready' && o.stopWhen !== 'never') throw new UsageError(`--stop-when must be 'ready' or 'never', not '${o.stopWhen}'`);
@@ -106,7 +113,20 @@ export function validateRunOptions(o: RunOptions): ValidatedRun {
       }
     }),
     exposeDisks: o.exposeDisks === undefined ? undefined : existingDirectory('--expose-disks', o.exposeDisks),
+    nets: (o.net ?? []).map((text) => {
+      try {
+        return parseNetSpec(text);
+      } catch (e) {
+        throw new UsageError(`--net: ${(e as Error).message}`);
+      }
+    }),
+    exposeNics: o.exposeNics === undefined ? undefined : existingNetns(o.exposeNics),
   };
+}
+
+function existingNetns(name: string): string {
+  if (!netnsExists(name)) throw new UsageError(`--expose-nics: network namespace '${name}' does not exist (create it first: ip netns add ${name})`);
+  return name;
 }
 
 function existingDirectory(flag: string, dir: string): string {
@@ -136,15 +156,18 @@ export async function runCommand(options: RunOptions, guestCommand: string[] = [
   let devices: StandardDevices | null = null;
   // Assigned while the VM is constructed (the device factory runs synchronously).
   let disks!: VmStorage;
+  let network!: VmNetwork;
   const vm = new ProcessVm({
     memoryBytes: run.memoryBytes,
     cpus: run.cpus,
     maxVersion: run.maxVersion,
     guestMaxVersion: run.guestMaxVersion,
     guestExposeDisks: run.exposeDisks,
+    guestExposeNics: run.exposeNics,
     devices: (context) => {
       devices = createStandardDevices({ poller: context.poller, referenceTime: () => context.partition.referenceTime(), log });
       disks = new VmStorage({ poller: context.poller, server: context.server, cpus: run.cpus, log });
+      network = new VmNetwork({ poller: context.poller, server: context.server, cpus: run.cpus, log });
       return [...devices.all, disks.controller];
     },
     log,
@@ -173,6 +196,8 @@ export async function runCommand(options: RunOptions, guestCommand: string[] = [
         return disk;
       }
       case 'disk-list': return disks.list();
+      case 'link': return network.setLink(request.up, request.nic);
+      case 'nic-list': return network.list();
       default: throw new Error(`unknown API operation ${(request as { op: string }).op}`);
     }
   });
@@ -199,6 +224,10 @@ export async function runCommand(options: RunOptions, guestCommand: string[] = [
       const disk = await disks.attach(spec);
       log(`${disk.path} (${disk.format}, ${disk.sizeBytes} bytes${disk.readOnly ? ', read-only' : ''}) is LUN ${disk.lun}`);
     }
+    for (const spec of run.nets) {
+      const nic = network.add(spec);
+      log(`NIC ${nic.index}: ${nic.mac} on ${nic.kind} ${nic.target} (mtu ${nic.mtu}, ${nic.queues} queue(s))`);
+    }
     const version = await vm.start();
     out({ event: 'ready', version, channels: vm.server.channelInfo().length, api: run.socketPath }, `guest is up: VMBus ${version}; control socket ${run.socketPath}`);
     if (run.stopWhenReady) {
@@ -216,6 +245,7 @@ export async function runCommand(options: RunOptions, guestCommand: string[] = [
     process.off('SIGTERM', onSignal);
     api.close();
     await vm.stop();
+    network.close();
     await disks.close().catch((e: Error) => {
       process.stderr.write(`enlighten: closing the disk images failed: ${e.message}\n`);
       code = 1;
@@ -236,5 +266,6 @@ function printReport(report: GuestReport, out: (event: Record<string, unknown>, 
     case 'log': return log(`guest: ${report.message}`);
     case 'disk': return out(report, `guest: disk ${report.name}: ${report.bytes} bytes, ${report.blockBytes}-byte blocks${report.readOnly ? ', read-only' : ''} on ${report.channels} channel(s)`);
     case 'disk-removed': return out(report, `guest: disk ${report.name} removed`);
+    case 'nic': return out(report, `guest: NIC ${report.name} ${report.mac}, mtu ${report.mtu}, ${report.queues} queue(s)`);
   }
 }

@@ -11,13 +11,18 @@ import { TimesyncDriver } from './ic/timesync-driver.js';
 import type { VmbusDriver } from './vmbus-driver.js';
 import { StorvscDriver } from './storvsc/storvsc-driver.js';
 import type { IcTransport } from '../devices/ic/ic-transport.js';
+import type { Poller } from '../sys/epoll.js';
+import { NetvscDriver } from './netvsc/netvsc-driver.js';
+import { NicTap } from './netvsc/nic-tap.js';
 
-export const STANDARD_GUEST_DRIVERS = ['heartbeat', 'shutdown', 'timesync', 'kvp', 'storvsc'] as const;
+export const STANDARD_GUEST_DRIVERS = ['heartbeat', 'shutdown', 'timesync', 'kvp', 'storvsc', 'netvsc'] as const;
 
 export interface GuestDriverHooks {
   onShutdown: (kind: string) => void;
   referenceCounter: () => bigint;
   log?: (message: string) => void;
+  /** The guest thread's event loop, for NICs surfaced as TAP devices. */
+  poller?: Poller;
 }
 
 export interface GuestDriverSet {
@@ -27,6 +32,7 @@ export interface GuestDriverSet {
   kvp: IcVmbusDriver<KvpDriver> | null;
   timesync: IcVmbusDriver<TimesyncDriver> | null;
   storvsc: StorvscDriver | null;
+  netvsc: NetvscDriver | null;
 }
 
 export function createGuestDrivers(options: GuestWorkerOptions, hooks: GuestDriverHooks): GuestDriverSet {
@@ -48,6 +54,26 @@ export function createGuestDrivers(options: GuestWorkerOptions, hooks: GuestDriv
     ? driver<KvpDriver>('kvp', (t) => new KvpDriver(t, { log, info: { fullyQualifiedDomainName: options.hostname ?? 'enlighten-guest', osName: 'enlighten reference guest', processorArchitecture: 'x86_64' } }))
     : null;
   const storvsc = want('storvsc') ? new StorvscDriver({ ...options.storvsc, log }) : null;
-  const all = [heartbeat, shutdown, timesync, kvp, storvsc].filter((d): d is NonNullable<typeof d> => d !== null) as VmbusDriver[];
-  return { all, clock, heartbeat, kvp, timesync, storvsc };
+  const exposeNics = options.exposeNics;
+  const poller = hooks.poller;
+  const netvsc = want('netvsc')
+    ? new NetvscDriver({
+      ...options.netvsc,
+      log,
+      // Each NIC the guest brings up becomes a TAP in the namespace asked for, so the host
+      // kernel's own stack and tools drive traffic through the whole path.
+      onNic: exposeNics !== undefined && poller
+        ? (nic) => {
+          try {
+            return new NicTap({ nic, poller, netns: exposeNics }).name;
+          } catch (e) {
+            log?.(`cannot surface ${nic.name} as a TAP in ${exposeNics}: ${(e as Error).message}`);
+            return undefined;
+          }
+        }
+        : undefined,
+    })
+    : null;
+  const all = [heartbeat, shutdown, timesync, kvp, storvsc, netvsc].filter((d): d is NonNullable<typeof d> => d !== null) as VmbusDriver[];
+  return { all, clock, heartbeat, kvp, timesync, storvsc, netvsc };
 }

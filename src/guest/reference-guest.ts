@@ -24,6 +24,7 @@ export type GuestReport =
   | { event: 'rescind'; relid: number }
   | { event: 'unloaded' }
   | { event: 'power-off'; reason: string }
+  | { event: 'nic'; name: string; mac: string; mtu: number; queues: number }
   | { event: 'disk'; lun: number; name: string; bytes: number; blockBytes: number; readOnly: boolean; writeCache: boolean; fua: boolean; discard: boolean; channels: number }
   | { event: 'disk-removed'; lun: number; name: string }
   | { event: 'log'; message: string };

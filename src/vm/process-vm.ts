@@ -27,6 +27,8 @@ export interface ProcessVmOptions {
   guestHostname?: string;
   /** The reference guest surfaces each disk it finds as the file DIR/lun<N> (FUSE). */
   guestExposeDisks?: string;
+  /** The reference guest surfaces each NIC it finds as a TAP device in this network namespace. */
+  guestExposeNics?: string;
 }
 
 export interface VmEvents {
@@ -58,7 +60,7 @@ export class ProcessVm extends EventEmitter<VmEvents> {
   /** Starts the guest and boots it; resolves with the negotiated VMBus version. */
   async start(): Promise<string> {
     const o = this.options;
-    const guestOptions: GuestWorkerOptions = { maxVersion: o.guestMaxVersion, drivers: o.guestDrivers, replyTimeoutMs: o.replyTimeoutMs, clockSkewMs: o.guestClockSkewMs, hostname: o.guestHostname, exposeDisks: o.guestExposeDisks };
+    const guestOptions: GuestWorkerOptions = { maxVersion: o.guestMaxVersion, drivers: o.guestDrivers, replyTimeoutMs: o.replyTimeoutMs, clockSkewMs: o.guestClockSkewMs, hostname: o.guestHostname, exposeDisks: o.guestExposeDisks, exposeNics: o.guestExposeNics };
     const worker = this.partition.startGuest(new URL('../partition/process/guest-worker.js', import.meta.url), guestOptions);
     this.worker = worker;
     worker.on('message', (message: GuestToHost) => this.onGuestMessage(message));

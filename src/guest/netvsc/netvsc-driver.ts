@@ -172,7 +172,7 @@ export interface NicReport { event: 'nic'; name: string; mac: string; mtu: numbe
 
 export interface NetvscDriverOptions extends NetvscOptions {
   /** Called once per NIC brought up (e.g. to surface it as a TAP: NicTap). */
-  onNic?: (nic: NetvscNic) => void;
+  onNic?: (nic: NetvscNic) => string | undefined;
 }
 
 function portOf(channel: GuestChannel): NetvscPort {
@@ -221,8 +221,9 @@ export class NetvscDriver implements VmbusDriver, GuestAttachable {
       await nic.release(false);
       throw e;
     }
-    this.options.onNic?.(nic);
-    const report = () => context.report({ event: 'nic', name: nic.name, mac: formatMac(nic.info!.mac), mtu: nic.mtu, queues: nic.queues } as never);
+    // Where the NIC is surfaced (a TAP's name in another namespace) is the name users need.
+    const surfacedAs = this.options.onNic?.(nic);
+    const report = () => context.report({ event: 'nic', name: surfacedAs ?? nic.name, mac: formatMac(nic.info!.mac), mtu: nic.mtu, queues: nic.queues } as never);
     // Sub-channels come later (a work item in Linux); the NIC is usable on one queue meanwhile.
     void nic.startSubchannels().then(report, (e: Error) => { this.options.log?.(`netvsc: sub-channels: ${e.message}`); report(); });
   }

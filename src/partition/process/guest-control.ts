@@ -60,6 +60,8 @@ export type GuestToHost =
   | { type: 'reply'; id: number; ok: true; result: unknown }
   | { type: 'reply'; id: number; ok: false; error: string };
 
+import type { NetvscOptions } from '../../guest/netvsc/netvsc-driver.js';
+
 export interface GuestWorkerOptions {
   maxVersion?: number;
   replyTimeoutMs?: number;
@@ -72,4 +74,8 @@ export interface GuestWorkerOptions {
   storvsc?: StorvscDriverOptions;
   /** Show every disk the guest finds as a file in this (existing, empty) directory, over FUSE. */
   exposeDisks?: string;
+  /** netvsc's MTU, buffer sizes and queue count (Linux defaults when absent). */
+  netvsc?: NetvscOptions;
+  /** Surface every NIC the guest finds as a TAP device in this (existing) network namespace. */
+  exposeNics?: string;
 }

@@ -27,6 +27,7 @@ const drivers: GuestDriverSet = createGuestDrivers(options, {
   referenceCounter: () => hv.referenceCounter(),
   // Driver messages go to the guest's console (the 'log' report), as printk would.
   log: (message) => guest.report({ event: 'log', message }),
+  poller,
 });
 const guest = new ReferenceGuest(hv, drivers.all, { maxVersion: options.maxVersion, replyTimeoutMs: options.replyTimeoutMs });
 const hostile = new HostileGuest(guest.client);

@@ -1,0 +1,140 @@
+// The whole network path with real tools: a guest namespace G holds the reference guest's
+// NIC (its netvsc surfaced as a TAP), a host namespace H holds NetVSP's TAP backend.
+// G's kernel -> TAP -> reference netvsc -> VMBus -> NetVSP -> TAP -> H's kernel, and back.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createNetns, deleteNetns, ip, netnsUnavailableReason, runInNetns, uniqueName } from '../src/sys/netns.js';
+import { runTool, scratchDir } from './support/storage.js';
+
+const BIN = new URL('../../bin/enlighten.js', import.meta.url).pathname;
+const unavailable = netnsUnavailableReason();
+const toolMissing = (tool: string) => runTool('sh', ['-c', `command -v ${tool}`]).then((r) => (r.code === 0 ? null : `NEEDS ${tool}`));
+
+interface Vm {
+  child: ChildProcess;
+  events: Record<string, unknown>[];
+  api: string;
+  waitFor(predicate: (e: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  stop(): Promise<number | null>;
+}
+
+function startVm(args: string[]): Vm {
+  const api = path.join(scratchDir('net-api'), 'api.sock');
+  const child = spawn(process.execPath, [BIN, 'run', '--events', 'json', '--api-socket', api, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const events: Record<string, unknown>[] = [];
+  const waiters: (() => void)[] = [];
+  let buffer = '';
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.stdout!.on('data', (d: Buffer) => {
+    buffer += d.toString();
+    const lines = buffer.split('\n');
+    buffer = lines.pop()!;
+    for (const line of lines) if (line.startsWith('{')) events.push(JSON.parse(line) as Record<string, unknown>);
+    for (const w of waiters.splice(0)) w();
+  });
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  return {
+    child,
+    events,
+    api,
+    waitFor(predicate, timeoutMs = 20_000) {
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no matching event; saw ${JSON.stringify(events.slice(-8))}; stderr ${stderr.slice(-2000)}`)), timeoutMs);
+        const check = () => {
+          const found = events.find(predicate);
+          if (found) {
+            clearTimeout(timer);
+            resolve(found);
+          } else waiters.push(check);
+        };
+        check();
+      });
+    },
+    async stop() {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
+
+async function inNs(ns: string, argv: string[], timeoutMs = 60_000) {
+  const r = await runInNetns(ns, argv, timeoutMs);
+  assert.equal(r.code, 0, `${argv.join(' ')} in ${ns}: ${r.stderr}${r.stdout}`);
+  return r.stdout;
+}
+
+test('ping, iperf3 both ways, a 1 GiB transfer, MTU 9000 and link down/up between a guest and a host namespace', { skip: unavailable ?? false, timeout: 300_000 }, async (t) => {
+  const missing = (await toolMissing('ping')) ?? (await toolMissing('iperf3'));
+  if (missing) return t.skip(`SKIPPED LOUDLY: ${missing}`);
+  const g = uniqueName('eng');
+  const h = uniqueName('enh');
+  const hostTap = uniqueName('enht');
+  createNetns(g);
+  createNetns(h);
+  const vm = startVm(['--net', `tap=${hostTap},netns=${h},mtu=9000`, '--expose-nics', g, '--cpus', '2']);
+  try {
+    const nic = await vm.waitFor((e) => e.event === 'nic');
+    const guestTap = String(nic.name);
+    const subnet = 10 + (process.pid % 200);
+    ip(['addr', 'add', `10.${subnet}.7.1/24`, 'dev', hostTap], h);
+    ip(['link', 'set', guestTap, 'mtu', '9000', 'up'], g);
+    ip(['addr', 'add', `10.${subnet}.7.2/24`, 'dev', guestTap], g);
+    const hostIp = `10.${subnet}.7.1`;
+    const guestIp = `10.${subnet}.7.2`;
+    await inNs(g, ['ping', '-c', '3', '-W', '5', hostIp]);
+    await inNs(h, ['ping', '-c', '3', '-W', '5', guestIp]);
+    // MTU 9000: a jumbo ping that must not fragment.
+    await inNs(g, ['ping', '-c', '2', '-W', '5', '-M', 'do', '-s', '8972', hostIp]);
+
+    // iperf3 TCP both directions (the client in G sends, then -R receives).
+    const server = spawn('ip', ['netns', 'exec', h, 'iperf3', '-s', '-1', '--json'], { stdio: 'ignore' });
+    await new Promise((r) => setTimeout(r, 500));
+    const up = JSON.parse(await inNs(g, ['iperf3', '-c', hostIp, '-t', '2', '--json'])) as { end: { sum_received: { bytes: number } } };
+    assert.ok(up.end.sum_received.bytes > 1_000_000, 'G -> H carried data');
+    server.kill();
+    const server2 = spawn('ip', ['netns', 'exec', h, 'iperf3', '-s', '-1', '--json'], { stdio: 'ignore' });
+    await new Promise((r) => setTimeout(r, 500));
+    const down = JSON.parse(await inNs(g, ['iperf3', '-c', hostIp, '-t', '2', '-R', '--json'])) as { end: { sum_received: { bytes: number } } };
+    assert.ok(down.end.sum_received.bytes > 1_000_000, 'H -> G carried data');
+    server2.kill();
+
+    // 1 GiB from G to H with the same SHA-256 on both ends.
+    const receiver = spawn('ip', ['netns', 'exec', h, process.execPath, '-e', `
+      const h = require('crypto').createHash('sha256'); let n = 0;
+      require('net').createServer((s) => { s.on('data', (d) => { h.update(d); n += d.length; }); s.on('end', () => { console.log(n + ' ' + h.digest('hex')); process.exit(0); }); }).listen(5201, '${hostIp}');
+    `], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let received = '';
+    receiver.stdout!.on('data', (d: Buffer) => (received += d.toString()));
+    await new Promise((r) => setTimeout(r, 500));
+    const sent = await inNs(g, [process.execPath, '-e', `
+      const h = require('crypto').createHash('sha256'); const chunk = Buffer.alloc(1 << 20); let i = 0;
+      const s = require('net').connect(5201, '${hostIp}', () => { (function more() { while (i < 1024) { chunk.writeUInt32LE(i, 0); h.update(chunk); i++; if (!s.write(chunk)) return s.once('drain', more); } s.end(() => console.log((1024 * (1 << 20)) + ' ' + h.digest('hex'))); })(); });
+    `], 240_000);
+    await new Promise((r) => receiver.on('exit', r));
+    assert.equal(received.trim(), sent.trim(), '1 GiB arrived intact');
+
+    // Link down from the host: G's interface loses its carrier; up brings it back.
+    const down1 = await runTool(process.execPath, [BIN, 'link', 'down', '--api-socket', vm.api]);
+    assert.equal(down1.code, 0, down1.stderr);
+    await until(async () => /NO-CARRIER/.test(ip(['link', 'show', guestTap], g)), 'NO-CARRIER in G');
+    const up1 = await runTool(process.execPath, [BIN, 'link', 'up', '--api-socket', vm.api]);
+    assert.equal(up1.code, 0, up1.stderr);
+    await until(async () => /LOWER_UP/.test(ip(['link', 'show', guestTap], g)), 'LOWER_UP in G');
+    await inNs(g, ['ping', '-c', '1', '-W', '5', hostIp]);
+  } finally {
+    await vm.stop();
+    deleteNetns(g);
+    deleteNetns(h);
+  }
+});
+
+async function until(condition: () => Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
