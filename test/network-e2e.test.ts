@@ -67,6 +67,7 @@ async function inNs(ns: string, argv: string[], timeoutMs = 60_000) {
 }
 
 test('ping, iperf3 both ways, a 1 GiB transfer, MTU 9000 and link down/up between a guest and a host namespace', { skip: unavailable ?? false, timeout: 300_000 }, async (t) => {
+  const step = (what: string) => { t.diagnostic(what); if (process.env.NET_E2E_TRACE) process.stderr.write(`${new Date().toISOString()} ${what}\n`); };
   const missing = (await toolMissing('ping')) ?? (await toolMissing('iperf3'));
   if (missing) return t.skip(`SKIPPED LOUDLY: ${missing}`);
   const g = uniqueName('eng');
@@ -84,11 +85,14 @@ test('ping, iperf3 both ways, a 1 GiB transfer, MTU 9000 and link down/up betwee
     ip(['addr', 'add', `10.${subnet}.7.2/24`, 'dev', guestTap], g);
     const hostIp = `10.${subnet}.7.1`;
     const guestIp = `10.${subnet}.7.2`;
+    step('ping');
     await inNs(g, ['ping', '-c', '3', '-W', '5', hostIp]);
     await inNs(h, ['ping', '-c', '3', '-W', '5', guestIp]);
+    step('jumbo');
     // MTU 9000: a jumbo ping that must not fragment.
     await inNs(g, ['ping', '-c', '2', '-W', '5', '-M', 'do', '-s', '8972', hostIp]);
 
+    step('iperf3');
     // iperf3 TCP both directions (the client in G sends, then -R receives).
     const server = spawn('ip', ['netns', 'exec', h, 'iperf3', '-s', '-1', '--json'], { stdio: 'ignore' });
     await new Promise((r) => setTimeout(r, 500));
@@ -101,6 +105,7 @@ test('ping, iperf3 both ways, a 1 GiB transfer, MTU 9000 and link down/up betwee
     assert.ok(down.end.sum_received.bytes > 1_000_000, 'H -> G carried data');
     server2.kill();
 
+    step('1GiB');
     // 1 GiB from G to H with the same SHA-256 on both ends.
     const receiver = spawn('ip', ['netns', 'exec', h, process.execPath, '-e', `
       const h = require('crypto').createHash('sha256'); let n = 0;
@@ -108,14 +113,16 @@ test('ping, iperf3 both ways, a 1 GiB transfer, MTU 9000 and link down/up betwee
     `], { stdio: ['ignore', 'pipe', 'inherit'] });
     let received = '';
     receiver.stdout!.on('data', (d: Buffer) => (received += d.toString()));
+    const receiverExited = new Promise((r) => receiver.on('exit', r));
     await new Promise((r) => setTimeout(r, 500));
     const sent = await inNs(g, [process.execPath, '-e', `
       const h = require('crypto').createHash('sha256'); const chunk = Buffer.alloc(1 << 20); let i = 0;
       const s = require('net').connect(5201, '${hostIp}', () => { (function more() { while (i < 1024) { chunk.writeUInt32LE(i, 0); h.update(chunk); i++; if (!s.write(chunk)) return s.once('drain', more); } s.end(() => console.log((1024 * (1 << 20)) + ' ' + h.digest('hex'))); })(); });
     `], 240_000);
-    await new Promise((r) => receiver.on('exit', r));
+    await receiverExited;
     assert.equal(received.trim(), sent.trim(), '1 GiB arrived intact');
 
+    step('link');
     // Link down from the host: G's interface loses its carrier; up brings it back.
     const down1 = await runTool(process.execPath, [BIN, 'link', 'down', '--api-socket', vm.api]);
     assert.equal(down1.code, 0, down1.stderr);
