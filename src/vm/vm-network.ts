@@ -19,6 +19,8 @@ export interface AttachedNic {
   mtu: number;
   queues: number;
   linkUp: boolean;
+  /** Per channel (0 = primary, then sub-channels): frames each way, for inspect and tests. */
+  channels?: { subChannelIndex: number; txFrames: number; rxFrames: number; txDropped: number; rxDropped: number }[];
 }
 
 export interface VmNetworkOptions {
@@ -70,7 +72,10 @@ export class VmNetwork {
   }
 
   list(): AttachedNic[] {
-    return this.nics.map((n) => ({ ...n.info }));
+    return this.nics.map((n) => ({
+      ...n.info,
+      channels: n.device.stats().channels.map((c) => ({ subChannelIndex: c.subChannelIndex, txFrames: c.txFrames, rxFrames: c.rxFrames, txDropped: c.txDropped, rxDropped: c.rxDropped })),
+    }));
   }
 
   /** Link up/down as the guest sees it (the cable), for one NIC or all. */
