@@ -19,6 +19,7 @@ import os from 'node:os';
 import { pathToFileURL } from 'node:url';
 import { Poller } from '../src/sys/epoll.js';
 import { netnsUnavailableReason } from '../src/sys/netns.js';
+import { startEnlightenPath } from './net-enlighten-path.js';
 import { BenchNamespaces, type EnlightenPathStarter, type NetnsEnd, startRelayPath, startVethPath, type StopPath } from './net-namespaces.js';
 import type { TapRelay } from './net-relay.js';
 
@@ -379,7 +380,7 @@ function parseArgs(argv: string[]): { seconds: number; out?: string } {
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
-  const result = await runNetworkBench(args);
+  const result = await runNetworkBench({ ...args, startEnlightenPath });
   console.log(formatTable(result));
   if (args.out) console.log(`JSON written to ${args.out}`);
   if (result.paths.some((p) => p.status.startsWith('failed'))) process.exitCode = 1;

@@ -174,8 +174,9 @@ export async function runKvm(run: ValidatedRun, o: KvmRunOptions): Promise<numbe
     disks = null;
     network = null;
     devices = null;
-    if (m) await m.stop();
+    // The NICs' backends leave the VM's event loop before it stops.
     n?.close();
+    if (m) await m.stop();
     if (d) {
       await d.close().catch((e: Error) => {
         process.stderr.write(`enlighten: closing the disk images failed: ${e.message}\n`);

@@ -244,8 +244,9 @@ export async function runCommand(options: RunOptions, guestCommand: string[] = [
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     api.close();
-    await vm.stop();
+    // The NICs' backends leave the VM's event loop before it stops.
     network.close();
+    await vm.stop();
     await disks.close().catch((e: Error) => {
       process.stderr.write(`enlighten: closing the disk images failed: ${e.message}\n`);
       code = 1;
