@@ -13,8 +13,8 @@ export class NetSpecError extends Error {
   }
 }
 
-/** The largest MTU Linux's netvsc allows (NETVSC_MTU - ETH_HLEN). */
-export const MAX_MTU = 65521;
+/** The largest MTU NetVSP offers (jumbo frames of 9000 bytes, as Hyper-V does). */
+export const MAX_MTU = 9000;
 const MIN_MTU = 68;
 const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
 
