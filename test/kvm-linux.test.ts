@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import { detectKvmHardware } from '../src/kvm/hardware-check.js';
 import { IC_SERVICES } from '../src/devices/ic/ic-protocol.js';
 import { scratchDir, sparseImage } from './support/storage.js';
+import { createNetns, deleteNetns, ip, uniqueName } from '../src/sys/netns.js';
 
 const BIN = new URL('../../bin/enlighten.js', import.meta.url).pathname;
 const hardware = detectKvmHardware();
@@ -83,4 +84,37 @@ test('Debian 6.1 with a StorVSP disk: mkfs, mount and fio verify inside the gues
   ].join('; ');
   const r = await boot(['--cpus', '2', '--memory', '1G', '--disk', image, '--guest-package', 'e2fsprogs', '--guest-package', 'fio', '--', 'sh', '-c', script]);
   assert.equal(r.code, 0, `${r.stderr}\n${consoleLines(r).slice(-60).join('\n')}`);
+});
+
+test('Debian 6.1 with a NetVSP NIC on a TAP: ping and iperf3 from inside the guest to a host namespace', { skip: noHardware, timeout: 900_000 }, async () => {
+  const h = uniqueName('enkh');
+  const hostTap = uniqueName('enkt');
+  createNetns(h);
+  const server = spawn('ip', ['netns', 'exec', h, 'iperf3', '-s', '-1'], { stdio: 'ignore' });
+  try {
+    const script = [
+      'set -e',
+      'ip link set eth0 up',
+      'ip addr add 10.79.1.2/24 dev eth0',
+      'ping -c 3 -W 5 10.79.1.1',
+      'iperf3 -c 10.79.1.1 -t 3',
+      'iperf3 -c 10.79.1.1 -t 3 -R || true',
+    ].join('; ');
+    // The TAP appears in H once the VM starts; give it the host address from a watcher.
+    const watcher = setInterval(() => {
+      try {
+        ip(['addr', 'add', '10.79.1.1/24', 'dev', hostTap], h);
+        clearInterval(watcher);
+      } catch {
+        // not there yet
+      }
+    }, 200);
+    const r = await boot(['--cpus', '2', '--memory', '512M', '--net', `tap=${hostTap},netns=${h}`, '--guest-package', 'iperf3', '--', 'sh', '-c', script]);
+    clearInterval(watcher);
+    assert.equal(r.code, 0, `${r.stderr}\n${consoleLines(r).slice(-60).join('\n')}`);
+    assert.ok(consoleLines(r).some((l) => /3 packets transmitted, 3 (packets )?received/.test(l)));
+  } finally {
+    server.kill();
+    deleteNetns(h);
+  }
 });
