@@ -37,6 +37,7 @@ import {
 import { RingCorruptError } from '../../vmbus/ring/ring-errors.js';
 import { RingReader, type PacketView } from '../../vmbus/ring/ring-reader.js';
 import { ringPacketBytes, RingWriter, WRITE_FULL, WRITE_SIGNAL } from '../../vmbus/ring/ring-writer.js';
+import { RingWriteBatch } from '../../vmbus/ring/ring-write-batch.js';
 import type { OpenChannel } from '../../vmbus/server/vmbus-device.js';
 import type { NetvspNic, ReceiveQueue } from './netvsp-nic.js';
 import { SEND_SECTION_SIZE } from './netvsp-nic.js';
@@ -144,8 +145,8 @@ export class NetvspChannel implements ReceiveQueue {
   private memory: GuestMemory | null = null;
   private token = 0;
   private serving = false;
-  private batchOpen = false;
-  private readonly closeBatchBound: () => void;
+  /** Stages writes until the end of this turn of the event loop: one publish, at most one signal. */
+  private readonly batch: RingWriteBatch;
   private readonly onSignal: () => void;
   /** RNDIS messages of the packet at the ring head already transmitted before the backend pushed back. */
   private skipMessages = 0;
@@ -175,7 +176,7 @@ export class NetvspChannel implements ReceiveQueue {
     this.nic = options.nic;
     this.stats = emptyCounters(options.subChannelIndex);
     for (let n = 0; n <= NVSP_MESSAGE_SIZE; n++) this.messageViews.push(this.message.subarray(0, n));
-    this.closeBatchBound = () => this.closeBatch();
+    this.batch = new RingWriteBatch(() => this.signalGuest(), (e) => this.failOn(e));
     this.onSignal = () => this.guestSignalled();
   }
 
@@ -213,7 +214,7 @@ export class NetvspChannel implements ReceiveQueue {
     this.pendingSendSet = false;
     this.reader = null;
     this.writer = null;
-    this.batchOpen = false;
+    this.batch.drop();
     this.controlQueue = [];
     this.skipMessages = 0;
     if (this.retryTimer !== null) {
@@ -241,7 +242,7 @@ export class NetvspChannel implements ReceiveQueue {
     if (this.open === null || this.serving) return;
     this.serving = true;
     try {
-      this.openBatch();
+      this.batch.begin(this.writer);
       this.flushControl();
       if (this.open !== null) this.drain();
       // Control answers produced by the requests just drained.
@@ -686,7 +687,7 @@ export class NetvspChannel implements ReceiveQueue {
     const high = packet.transactionIdHigh;
     // Linux's request ids are small; anything beyond 2^53 needs the bigint form.
     const id = high < 0x200000 ? high * TWO_32 + packet.transactionIdLow : (BigInt(high) << 32n) | BigInt(packet.transactionIdLow);
-    this.openBatch();
+    this.batch.begin(this.writer);
     const result = this.writer!.tryWrite(PacketType.Completion, 0, id, null, payload);
     // roomFor() checked before the request was taken: FULL here means the guest moved its
     // indices backwards. The guest loses an answer it broke itself.
@@ -809,7 +810,7 @@ export class NetvspChannel implements ReceiveQueue {
   private sendTransferPage(index: number, channelType: number, length: number): boolean {
     const writer = this.writer!;
     const rb = this.nic.receiveBuffer!;
-    this.openBatch();
+    this.batch.begin(this.writer);
     const body = writer.reserve(
       PacketType.DataUsingTransferPages,
       PACKET_FLAG_COMPLETION_REQUESTED,
@@ -829,26 +830,6 @@ export class NetvspChannel implements ReceiveQueue {
   }
 
   // ---- batching and signals ----
-
-  /** Stages writes until the end of this turn of the event loop: one publish, at most one signal. */
-  private openBatch(): void {
-    if (this.batchOpen || this.writer === null) return;
-    this.writer.beginBatch();
-    this.batchOpen = true;
-    queueMicrotask(this.closeBatchBound);
-  }
-
-  private closeBatch(): void {
-    if (!this.batchOpen) return;
-    this.batchOpen = false;
-    const writer = this.writer;
-    if (writer === null) return;
-    try {
-      if (writer.endBatch() === WRITE_SIGNAL) this.signalGuest();
-    } catch (e) {
-      this.failOn(e);
-    }
-  }
 
   private wrote(result: number): void {
     this.stats.packetsOut++;

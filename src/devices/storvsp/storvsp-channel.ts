@@ -21,6 +21,7 @@ import { PacketType } from '../../vmbus/packet.js';
 import { RingCorruptError } from '../../vmbus/ring/ring-errors.js';
 import { RingReader, type PacketView } from '../../vmbus/ring/ring-reader.js';
 import { ringPacketBytes, RingWriter, WRITE_FULL, WRITE_SIGNAL } from '../../vmbus/ring/ring-writer.js';
+import { RingWriteBatch } from '../../vmbus/ring/ring-write-batch.js';
 import type { OpenChannel } from '../../vmbus/server/vmbus-device.js';
 import { ScsiStatus } from '../scsi/scsi-command.js';
 import {
@@ -113,10 +114,10 @@ export class StorvspChannel implements RequestOwner {
   private pollExpired = false;
   private readonly pollTimer: NodeJS.Timeout;
   /** Writes since the batch opened are staged and published (one signal at most) when the turn ends. */
-  private batchOpen = false;
   /** A command completed inside the open batch: look for new requests when it closes. */
   private completedInBatch = false;
-  private readonly closeBatchBound: () => void;
+  /** Stages writes until the end of this turn of the event loop: a burst of completions is one publish and at most one signal. */
+  private readonly batch: RingWriteBatch;
 
   private readonly packet = new VstorPacket();
   private readonly payload = new Uint8Array(VSTOR_PACKET_SIZE);
@@ -136,7 +137,7 @@ export class StorvspChannel implements RequestOwner {
     this.iovecCapacity = options.maxTransferBytes / 4096 + 2;
     encodeVstorHeader(this.notification, 0, VstorOperation.EnumerateBus, 0, 0);
     this.onSignal = () => this.guestSignalled();
-    this.closeBatchBound = () => this.closeBatch();
+    this.batch = new RingWriteBatch(() => this.signalGuest(), (e) => this.failOn(e), () => this.afterPublish());
     // One timer for the channel's life, re-armed with refresh() (no allocation); it fires
     // once now, harmlessly, and never keeps the process alive.
     this.pollTimer = setTimeout(() => this.pollIdle(), POLL_IDLE_MS);
@@ -176,7 +177,7 @@ export class StorvspChannel implements RequestOwner {
     this.inflight = 0;
     this.polling = false;
     this.pollExpired = false;
-    this.batchOpen = false;
+    this.batch.drop();
     const s = this.stats;
     s.packetsIn = s.packetsOut = s.requests = s.signalsIn = s.signalsOut = 0;
     if (this.subChannelIndex === 0) this.handshake.reset();
@@ -200,7 +201,7 @@ export class StorvspChannel implements RequestOwner {
     this.inflight = 0;
     this.polling = false;
     // A batch still open is dropped with the writer: nothing more is published to a closed ring.
-    this.batchOpen = false;
+    this.batch.drop();
     let request = this.backlogHead;
     this.backlogHead = this.backlogTail = null;
     while (request !== null) {
@@ -241,7 +242,7 @@ export class StorvspChannel implements RequestOwner {
     if (this.open === null || this.serving) return;
     this.serving = true;
     try {
-      this.openBatch();
+      this.batch.begin(this.writer);
       this.flushBacklog();
       if (this.open !== null) this.drain();
     } catch (e) {
@@ -451,7 +452,7 @@ export class StorvspChannel implements RequestOwner {
     this.completedInBatch = true;
     this.pollExpired = false;
     try {
-      this.openBatch();
+      this.batch.begin(this.writer);
       this.send(request);
     } catch (e) {
       this.failOn(e);
@@ -465,26 +466,8 @@ export class StorvspChannel implements RequestOwner {
     this.serve();
   }
 
-  /** Stages writes until the end of this turn of the event loop, so a burst of completions is one publish and at most one signal. */
-  private openBatch(): void {
-    if (this.batchOpen || this.writer === null) return;
-    this.writer.beginBatch();
-    this.batchOpen = true;
-    queueMicrotask(this.closeBatchBound);
-  }
-
-  private closeBatch(): void {
-    if (!this.batchOpen) return;
-    this.batchOpen = false;
-    const writer = this.writer;
-    if (writer === null) return;
-    try {
-      if (writer.endBatch() === WRITE_SIGNAL) this.signalGuest();
-    } catch (e) {
-      this.failOn(e);
-      return;
-    }
-    // Completions free slots and, while the ring is masked, are how new requests are seen.
+  /** After each publish: completions free slots and, while the ring is masked, are how new requests are seen. */
+  private afterPublish(): void {
     if (this.completedInBatch && !this.serving && (this.polling || this.starved)) {
       this.completedInBatch = false;
       this.serve();
