@@ -99,6 +99,12 @@ test('ping, iperf3 both ways, a 1 GiB transfer, MTU 9000 and link down/up betwee
     const up = JSON.parse(await inNs(g, ['iperf3', '-c', hostIp, '-t', '2', '--json'])) as { end: { sum_received: { bytes: number } } };
     assert.ok(up.end.sum_received.bytes > 1_000_000, 'G -> H carried data');
     server.kill();
+    // TSO from the guest side: G's kernel hands its TAP large segments, netvsc sends them with
+    // an LSO PPI, and NetVSP passes them whole (vnet header) to the host TAP, whose kernel
+    // cuts them; the transfer above arriving intact shows they were cut correctly.
+    const afterUp = JSON.parse((await runTool(process.execPath, [BIN, 'nics', '--json', '--api-socket', vm.api])).stdout) as { backend: { txLargeFrames: number; txLargestFrame: number } }[];
+    assert.ok(afterUp[0]!.backend.txLargeFrames > 0, `large segments reached the host TAP whole: ${JSON.stringify(afterUp[0]!.backend)}`);
+    assert.ok(afterUp[0]!.backend.txLargestFrame > 9014, `a segment larger than one MTU-9000 frame: ${afterUp[0]!.backend.txLargestFrame}`);
     const server2 = spawn('ip', ['netns', 'exec', h, 'iperf3', '-s', '-1', '--json'], { stdio: 'ignore' });
     await new Promise((r) => setTimeout(r, 500));
     const down = JSON.parse(await inNs(g, ['iperf3', '-c', hostIp, '-t', '2', '-R', '--json'])) as { end: { sum_received: { bytes: number } } };

@@ -21,6 +21,8 @@ export interface AttachedNic {
   linkUp: boolean;
   /** Per channel (0 = primary, then sub-channels): frames each way, for inspect and tests. */
   channels?: { subChannelIndex: number; txFrames: number; rxFrames: number; txDropped: number; rxDropped: number }[];
+  /** What the backend passed on: frames the guest sent, and those that went out as whole large segments (TSO). */
+  backend?: { txFrames: number; txLargeFrames: number; txLargestFrame: number; rxFrames: number };
 }
 
 export interface VmNetworkOptions {
@@ -75,6 +77,7 @@ export class VmNetwork {
     return this.nics.map((n) => ({
       ...n.info,
       channels: n.device.stats().channels.map((c) => ({ subChannelIndex: c.subChannelIndex, txFrames: c.txFrames, rxFrames: c.rxFrames, txDropped: c.txDropped, rxDropped: c.rxDropped })),
+      backend: { txFrames: n.backend.stats.txFrames, txLargeFrames: n.backend.stats.txLargeFrames ?? 0, txLargestFrame: n.backend.stats.txLargestFrame ?? 0, rxFrames: n.backend.stats.rxFrames },
     }));
   }
 

@@ -79,6 +79,9 @@ export interface NetBackendStats {
   txBytes: number;
   /** Frames refused for good (bad offload metadata, link down): counted, not retried. */
   txDropped: number;
+  /** Large segments (GSO) handed to the backend whole, and the largest one's length. */
+  txLargeFrames?: number;
+  txLargestFrame?: number;
 }
 
 export interface NetBackend {

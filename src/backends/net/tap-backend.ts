@@ -43,7 +43,7 @@ export class TapBackend implements NetBackend {
   readonly mtu: number;
   readonly mac: Uint8Array | undefined;
   readonly maxSendSegments: number;
-  readonly stats: NetBackendStats = { rxFrames: 0, rxBytes: 0, rxDropped: 0, txFrames: 0, txBytes: 0, txDropped: 0 };
+  readonly stats: NetBackendStats = { rxFrames: 0, rxBytes: 0, rxDropped: 0, txFrames: 0, txBytes: 0, txDropped: 0, txLargeFrames: 0, txLargestFrame: 0 };
 
   private readonly poller: Poller;
   private readonly headerBytes: number;
@@ -145,8 +145,14 @@ export class TapBackend implements NetBackend {
       n = this.tap.write(Number(this.txStagingAddress), this.headerBytes + frameLength);
     }
     if (n >= 0) {
-      this.stats.txFrames++;
-      this.stats.txBytes += frameLength;
+      const stats = this.stats;
+      stats.txFrames++;
+      stats.txBytes += frameLength;
+      // TSO segments passed through whole, with a vnet header, for the kernel to cut.
+      if (offload.gso !== 'none') {
+        stats.txLargeFrames!++;
+        if (frameLength > stats.txLargestFrame!) stats.txLargestFrame = frameLength;
+      }
       return true;
     }
     if (n === -Errno.EAGAIN || n === -Errno.ENOBUFS || n === -Errno.EINTR) return false;
