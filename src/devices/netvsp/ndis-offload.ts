@@ -7,6 +7,7 @@
 //   NDIS_RECEIVE_SCALE_CAPABILITIES (OID_GEN_RECEIVE_SCALE_CAPABILITIES answer) - encode/decode;
 //   NDIS_RECEIVE_SCALE_PARAMETERS (OID_GEN_RECEIVE_SCALE_PARAMETERS set) - decode, and encode.
 // Every object starts with an NDIS_OBJECT_HEADER `{u8 type, u8 revision, u16 size}`.
+import { rd16, rd32, wr16, wr32 } from './le-bytes.js';
 
 export const NdisObjectType = {
   Default: 0x80,
@@ -29,22 +30,6 @@ export class NdisObjectError {
   }
 }
 
-function rd16(b: Uint8Array, o: number): number {
-  return b[o]! | (b[o + 1]! << 8);
-}
-function rd32(b: Uint8Array, o: number): number {
-  return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
-}
-function wr16(b: Uint8Array, o: number, v: number): void {
-  b[o] = v & 0xff;
-  b[o + 1] = (v >>> 8) & 0xff;
-}
-function wr32(b: Uint8Array, o: number, v: number): void {
-  b[o] = v & 0xff;
-  b[o + 1] = (v >>> 8) & 0xff;
-  b[o + 2] = (v >>> 16) & 0xff;
-  b[o + 3] = (v >>> 24) & 0xff;
-}
 function fits(what: string, target: Uint8Array, offset: number, size: number): void {
   if (!Number.isInteger(offset) || offset < 0 || offset + size > target.length) {
     throw new RangeError(`${what}: ${size} bytes at ${offset} do not fit in ${target.length}`);

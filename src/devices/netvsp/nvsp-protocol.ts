@@ -9,6 +9,7 @@
 // from 6.1 (40 always works too). Decoders read only inside the payload they are given,
 // return a typed NvspError for anything malformed and never throw. Shared by NetVSP (host)
 // and the reference netvsc (guest), hence both directions.
+import { rd16, rd32, wr16, wr32 } from './le-bytes.js';
 
 export const NETVSC_CLASS_ID = 'f8615163-df3e-46c5-913f-f2d2f965ed0e';
 
@@ -217,24 +218,6 @@ export function isNvspError(x: unknown): x is NvspError {
 }
 
 // ---------------------------------------------------------------------------------------
-// Byte access (no DataView per message: these run per packet)
-
-function rd16(b: Uint8Array, o: number): number {
-  return b[o]! | (b[o + 1]! << 8);
-}
-function rd32(b: Uint8Array, o: number): number {
-  return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
-}
-function wr16(b: Uint8Array, o: number, v: number): void {
-  b[o] = v & 0xff;
-  b[o + 1] = (v >>> 8) & 0xff;
-}
-function wr32(b: Uint8Array, o: number, v: number): void {
-  b[o] = v & 0xff;
-  b[o + 1] = (v >>> 8) & 0xff;
-  b[o + 2] = (v >>> 16) & 0xff;
-  b[o + 3] = (v >>> 24) & 0xff;
-}
 
 // ---------------------------------------------------------------------------------------
 // Decoding

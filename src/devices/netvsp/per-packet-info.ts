@@ -7,6 +7,7 @@
 // (from the record start to its data), then data. The records must tile the PPI area
 // exactly; Linux 6.1 loops forever on a record of size 0, a size past the end, or an
 // offset >= size, so a host must never send one, and the host rejects them from a guest.
+import { rd32, wr32 } from './le-bytes.js';
 
 export const PPI_HEADER_SIZE = 12;
 /** A record carrying one u32, the size Linux uses for every PPI it sends. */
@@ -149,16 +150,6 @@ export class PpiError {
 
 // ---------------------------------------------------------------------------------------
 // Iteration
-
-function rd32(b: Uint8Array, o: number): number {
-  return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
-}
-function wr32(b: Uint8Array, o: number, v: number): void {
-  b[o] = v & 0xff;
-  b[o + 1] = (v >>> 8) & 0xff;
-  b[o + 2] = (v >>> 16) & 0xff;
-  b[o + 3] = (v >>> 24) & 0xff;
-}
 
 /**
  * Walks a PPI area record by record without allocating: `reset` it on the area (absolute

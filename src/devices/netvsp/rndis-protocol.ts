@@ -8,6 +8,7 @@
 // (information buffers, packet data, PPIs, status buffers) count from byte 8, the start
 // of the body, not from the start of the message. Decoders report ranges as absolute
 // offsets into the bytes they were given, each checked to lie inside the message.
+import { rd32, wr32 } from './le-bytes.js';
 
 export const RNDIS_HEADER_SIZE = 8;
 /** Offsets in bodies are relative to this byte of the message. */
@@ -188,17 +189,6 @@ export class RndisError {
 }
 
 // ---------------------------------------------------------------------------------------
-// Byte access
-
-function rd32(b: Uint8Array, o: number): number {
-  return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
-}
-function wr32(b: Uint8Array, o: number, v: number): void {
-  b[o] = v & 0xff;
-  b[o + 1] = (v >>> 8) & 0xff;
-  b[o + 2] = (v >>> 16) & 0xff;
-  b[o + 3] = (v >>> 24) & 0xff;
-}
 
 // ---------------------------------------------------------------------------------------
 // Decoding

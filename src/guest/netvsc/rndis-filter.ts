@@ -39,6 +39,7 @@ import {
   encodeRssParameters,
   type DecodedNdisOffload,
 } from '../../devices/netvsp/ndis-offload.js';
+import { rd32, wr32 } from '../../devices/netvsp/le-bytes.js';
 
 /** Linux's RNDIS INITIALIZE max_xfer_size. */
 export const RNDIS_GUEST_MAX_TRANSFER = 0x4000;
@@ -319,9 +320,3 @@ export function linuxOffloadParameters(caps: DecodedNdisOffload, nvspVersion: nu
   return { params, offloads: o };
 }
 
-function rd32(b: Uint8Array, o: number): number {
-  return o + 4 <= b.length ? (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0 : 0;
-}
-function wr32(b: Uint8Array, o: number, v: number): void {
-  b[o] = v & 0xff; b[o + 1] = (v >>> 8) & 0xff; b[o + 2] = (v >>> 16) & 0xff; b[o + 3] = (v >>> 24) & 0xff;
-}
