@@ -263,6 +263,23 @@ describe('IoUring', () => {
     }
   });
 
+  test('reap with a limit delivers at most that many and leaves the rest in the CQ', () => {
+    const ring = IoUring.create(8);
+    try {
+      for (let i = 1; i <= 5; i++) assert.ok(ring.prepNop(i));
+      assert.equal(ring.submit(), 5);
+      while (ring.ready < 5) ring.wait(1);
+      const sink = new Collector();
+      assert.equal(ring.reap(sink, 2), 2);
+      assert.equal(ring.ready, 3);
+      assert.equal(ring.reap(sink, 0), 0);
+      assert.equal(ring.reap(sink), 3);
+      assert.deepEqual([...sink.results.keys()].sort(), [1, 2, 3, 4, 5]);
+    } finally {
+      ring.close();
+    }
+  });
+
   test('a closed ring refuses to prepare and submits nothing', () => {
     const ring = IoUring.create(2);
     ring.close();
@@ -300,6 +317,30 @@ for (const kind of ['UringFileIo', 'SyncFileIo'] as const) {
         closeFile(fd);
       }
     });
+
+    if (kind === 'UringFileIo') {
+      test('a burst goes to the kernel in fours before the turn ends, the remainder when it ends', async () => {
+        const file = tempFile(`${kind}-early`, 8 * 4096);
+        const fd = openFile(file, O_RDWR);
+        try {
+          const ring = (io as UringFileIo).ring;
+          const sink = new Collector();
+          const pendingAfter: number[] = [];
+          for (let i = 0; i < 6; i++) {
+            const iov = new IovecList(1);
+            iov.push(base + 0x70000 + i * 4096, 4096);
+            io.readv(fd, iov, i * 4096, 100 + i, sink);
+            pendingAfter.push(ring.pending);
+          }
+          assert.deepEqual(pendingAfter, [1, 2, 3, 0, 1, 2]);
+          await until(() => sink.results.size === 6, 'the reads');
+          assert.equal(ring.pending, 0);
+          for (let i = 0; i < 6; i++) assert.equal(sink.results.get(100 + i), 4096);
+        } finally {
+          closeFile(fd);
+        }
+      });
+    }
 
     test('300 random 4k writes then reads (more than the ring holds) match the file', async () => {
       const size = 2 * MiB;

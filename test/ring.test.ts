@@ -12,6 +12,7 @@ import { RingCorruptError } from '../src/vmbus/ring/ring-errors.js';
 import { initRingHeader, RING_HEADER_SIZE, ringMemoryFromBuffer, RingMemory, RingWord } from '../src/vmbus/ring/ring-memory.js';
 import { RingReader } from '../src/vmbus/ring/ring-reader.js';
 import { ringPacketBytes, RingWriter, WriteResult } from '../src/vmbus/ring/ring-writer.js';
+import { RingWriteBatch } from '../src/vmbus/ring/ring-write-batch.js';
 
 const guest = GuestMemory.create(128 * PAGE_SIZE, 'ring-test');
 after(() => guest.close());
@@ -457,6 +458,72 @@ function fillUntilFull(writer: RingWriter, payload: Uint8Array): number {
   }
   throw new Error('the ring never reported FULL');
 }
+
+describe('device write batches', () => {
+  const small = new Uint8Array(40);
+  const turnEnds = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+  test('publishEvery: every Nth write publishes (one signal for the first piece), the rest goes out when the turn ends', async () => {
+    const ring = makeRing('memfd-double', 4);
+    try {
+      const writer = new RingWriter(ring.writerMem);
+      const reader = new RingReader(ring.readerMem);
+      let signals = 0;
+      let publishes = 0;
+      const batch = new RingWriteBatch(() => signals++, (e) => assert.fail(String(e)), () => publishes++, 4);
+      const visible = () => {
+        let n = 0;
+        while (reader.peek()) {
+          reader.next();
+          n++;
+        }
+        return n; // read but not committed: the writer still sees a non-empty ring
+      };
+      for (let i = 1; i <= 10; i++) {
+        batch.begin(writer);
+        assert.equal(writer.tryWrite(PacketType.DataInband, 0, BigInt(i), null, small), WriteResult.WRITTEN);
+        batch.wrote();
+        if (i === 3) assert.equal(visible(), 0, 'nothing before the first piece is complete');
+        if (i === 4) assert.equal(visible(), 4, 'the first four are published at the fourth write');
+        if (i === 8) assert.equal(visible(), 4, 'the next four at the eighth');
+      }
+      assert.equal(visible(), 0, 'the last two wait for the end of the turn');
+      assert.equal(signals, 1, 'only the first piece found the ring empty');
+      await turnEnds();
+      assert.equal(visible(), 2);
+      assert.equal(publishes, 3);
+      reader.commit();
+    } finally {
+      ring.release();
+    }
+  });
+
+  test('publishEvery 0: one publish per turn whatever the count', async () => {
+    const ring = makeRing('memfd-double', 4);
+    try {
+      const writer = new RingWriter(ring.writerMem);
+      const reader = new RingReader(ring.readerMem);
+      let signals = 0;
+      const batch = new RingWriteBatch(() => signals++, (e) => assert.fail(String(e)));
+      for (let i = 0; i < 20; i++) {
+        batch.begin(writer);
+        writer.tryWrite(PacketType.DataInband, 0, 1n, null, small);
+        batch.wrote();
+      }
+      assert.equal(reader.peek(), null);
+      await turnEnds();
+      let n = 0;
+      while (reader.peek()) {
+        reader.next();
+        n++;
+      }
+      assert.equal(n, 20);
+      assert.equal(signals, 1);
+    } finally {
+      ring.release();
+    }
+  });
+});
 
 describe('flow control', () => {
   test('full ring: FULL, then the reader commit that frees enough space is the one that asks for a signal', () => {

@@ -29,6 +29,13 @@ import {
 import * as replies from '../src/guest/storvsc/scsi-replies.js';
 import * as cdb from '../src/guest/storvsc/scsi-cdb.js';
 import { waitForVmReport } from './support/process-vm.js';
+import { GuestMemory } from '../src/memory/guest-memory.js';
+import { PageAllocator } from '../src/guest/page-allocator.js';
+import type { GuestChannel } from '../src/guest/guest-channel.js';
+import { RequestEngine, type OpenRing } from '../src/guest/storvsc/storvsc-request-engine.js';
+import type { StorvscControllerOptions } from '../src/guest/storvsc/storvsc-controller.js';
+import type { ScsiTarget } from '../src/guest/storvsc/scsi-command.js';
+import { BlockOp } from '../src/guest/storvsc/guest-block-device.js';
 
 type DiskReport = Extract<GuestReport, { event: 'disk' }>;
 
@@ -666,5 +673,43 @@ describe('SCSI reply decoders (hostile host)', () => {
     assert.deepEqual([...p.subarray(0, 4)], [0, 22, 0, 16]);
     assert.equal(Number(new DataView(p.buffer).getBigUint64(8)), 0x1_0000_0001);
     assert.equal(new DataView(p.buffer).getUint32(16), 77);
+  });
+});
+
+describe('request engine publishing', () => {
+  test('a burst of commands is published in fours, the rest when the turn ends', async () => {
+    const memory = GuestMemory.create(1 << 20, 'engine-publish');
+    try {
+      const events: string[] = [];
+      const ring = {
+        send: () => (events.push('send'), true),
+        beginBatch: () => events.push('begin'),
+        endBatch: () => events.push('publish'),
+        reader: { maskInterrupts() {}, available: () => 0 },
+        onSignal() {},
+      };
+      const channel = { ring } as unknown as GuestChannel;
+      const rings: OpenRing[] = [{ channel, batched: false, staged: 0 }];
+      const options = {
+        primary: channel, memory, allocator: new PageAllocator(16, 240), vpCount: 1, portNumber: 0, pollMicros: 0,
+        log: () => {}, onBusChange: () => {}, onInvalidLun: () => {}, onCapacityChanged: () => {},
+      } satisfies StorvscControllerOptions;
+      const engine = new RequestEngine(options, rings, 30_000, 0);
+      const target: ScsiTarget = {
+        channel: 0, target: 0, lun: 0, tagged: true, present: true, sizeBytes: 1 << 20, blockBytes: 512, discard: false,
+        maxChunkBytes: 1 << 18, maxUnmapBlocks: 0, writeCache: false, fua: false, use16: false, lastSense: { key: 0, asc: 0, ascq: 0 },
+      };
+      for (let i = 0; i < 10; i++) engine.submitBlock(target, { op: BlockOp.Read, offset: i * 4096, length: 4096, gpa: 0x20000 + i * 4096, fua: false, done: () => {} });
+      const sends = () => events.filter((e) => e === 'send').length;
+      const publishes = () => events.filter((e) => e === 'publish').length;
+      assert.equal(sends(), 10);
+      assert.equal(publishes(), 2, 'after the 4th and the 8th');
+      assert.deepEqual(events.slice(0, 6), ['begin', 'send', 'send', 'send', 'send', 'publish']);
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.equal(publishes(), 3, 'the last two at the end of the turn');
+      engine.stop();
+    } finally {
+      memory.close();
+    }
   });
 });

@@ -296,14 +296,15 @@ export class IoUring {
   }
 
   /**
-   * Drains the CQ into sink.ioDone; returns how many were delivered. The head advances
-   * before each callback, so a callback may prepare, submit and even reap again.
+   * Drains the CQ into sink.ioDone, at most `limit` entries; returns how many were
+   * delivered. The head advances before each callback, so a callback may prepare, submit
+   * and even reap again.
    */
-  reap(sink: IoUringSink): number {
+  reap(sink: IoUringSink, limit = Infinity): number {
     if (this.closed) return 0;
     const words = this.cqWords;
     let n = 0;
-    for (;;) {
+    while (n < limit) {
       const head = Atomics.load(words, this.cqHead);
       if (head === Atomics.load(words, this.cqTail)) return n;
       const w = this.cqesWord + (head & this.cqMask) * (CQE_BYTES / 4);
@@ -314,6 +315,7 @@ export class IoUring {
       n++;
       sink.ioDone(userData, result);
     }
+    return n;
   }
 
   /** Unmaps the rings and closes the ring and its eventfd. In-flight operations are abandoned. */

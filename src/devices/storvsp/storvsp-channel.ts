@@ -48,6 +48,12 @@ const INITIAL_SLOTS = 64;
 const MAX_SLOTS = 512;
 /** How long the incoming ring stays masked without a completion before interrupts resume (see drain). */
 const POLL_IDLE_MS = 1;
+/**
+ * Completions published to the guest in pieces of this many (see RingWriteBatch): the
+ * guest starts resubmitting while the rest of a burst is written. 4 measured best for
+ * 4 KiB QD32 on this project's machines (8 and 16 gained less, 1 signals too often).
+ */
+const COMPLETIONS_PER_PUBLISH = 4;
 
 /** What a channel needs from its device. */
 export interface StorvspBusPort {
@@ -137,7 +143,7 @@ export class StorvspChannel implements RequestOwner {
     this.iovecCapacity = options.maxTransferBytes / 4096 + 2;
     encodeVstorHeader(this.notification, 0, VstorOperation.EnumerateBus, 0, 0);
     this.onSignal = () => this.guestSignalled();
-    this.batch = new RingWriteBatch(() => this.signalGuest(), (e) => this.failOn(e), () => this.afterPublish());
+    this.batch = new RingWriteBatch(() => this.signalGuest(), (e) => this.failOn(e), () => this.afterPublish(), COMPLETIONS_PER_PUBLISH);
     // One timer for the channel's life, re-armed with refresh() (no allocation); it fires
     // once now, harmlessly, and never keeps the process alive.
     this.pollTimer = setTimeout(() => this.pollIdle(), POLL_IDLE_MS);
@@ -454,6 +460,7 @@ export class StorvspChannel implements RequestOwner {
     try {
       this.batch.begin(this.writer);
       this.send(request);
+      this.batch.wrote();
     } catch (e) {
       this.failOn(e);
     }

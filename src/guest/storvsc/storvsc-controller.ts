@@ -125,7 +125,7 @@ export class StorvscController {
   }
 
   private async openRing(channel: GuestChannel, targetVp: number): Promise<void> {
-    const ring: OpenRing = { channel, batched: false };
+    const ring: OpenRing = { channel, batched: false, staged: 0 };
     await channel.open({
       sendRingBytes: STORVSC_RING_BYTES,
       receiveRingBytes: STORVSC_RING_BYTES,

@@ -78,11 +78,19 @@ class Slot {
   constructor(readonly tag: number) {}
 }
 
-/** An open channel the engine sends on; `batched` while it holds unpublished packets. */
+/** An open channel the engine sends on; `batched` while it holds unpublished packets (`staged` of them). */
 export interface OpenRing {
   channel: GuestChannel;
   batched: boolean;
+  staged: number;
 }
+
+/**
+ * Commands published every this many per ring, not only when the JS turn ends: a burst
+ * of resubmissions (the answer to a burst of completions) reaches the host in pieces,
+ * so the disk gets the first ones while the rest are still being written.
+ */
+const COMMANDS_PER_PUBLISH = 4;
 
 export class RequestEngine {
   readonly stats = { commands: 0, completions: 0, retries: 0, timeouts: 0, resets: 0, dropped: 0, unsolicited: 0 };
@@ -416,14 +424,22 @@ export class RequestEngine {
     if (rc === null) return false;
     if (!ring.batched) {
       ring.batched = true;
+      ring.staged = 0;
       rc.beginBatch();
       this.scheduleTick();
     }
     slot.issuedTick = this.tick;
     this.stats.commands++;
-    if (slot.length === 0) return rc.send(p, slot.tag + 1, PacketType.DataInband, PACKET_FLAG_COMPLETION_REQUESTED);
-    const h = this.gpaHeader.describe(slot.gpa, slot.length);
-    return rc.send(p, slot.tag + 1, PacketType.DataUsingGpaDirect, PACKET_FLAG_COMPLETION_REQUESTED, h);
+    const sent = slot.length === 0
+      ? rc.send(p, slot.tag + 1, PacketType.DataInband, PACKET_FLAG_COMPLETION_REQUESTED)
+      : rc.send(p, slot.tag + 1, PacketType.DataUsingGpaDirect, PACKET_FLAG_COMPLETION_REQUESTED, this.gpaHeader.describe(slot.gpa, slot.length));
+    if (++ring.staged >= COMMANDS_PER_PUBLISH) {
+      // Publish this piece; the batch goes on (and still ends with the turn).
+      ring.staged = 0;
+      rc.endBatch();
+      rc.beginBatch();
+    }
+    return sent;
   }
 
   // ---- completion plumbing ----
