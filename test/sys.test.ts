@@ -389,6 +389,58 @@ describe('Poller', () => {
     }
   });
 
+  test('an fd made ready by a handler is served in the same wake-up, without another trip through the pool', async () => {
+    const poller = new Poller((e) => assert.fail(String(e)));
+    const a = EventFd.create();
+    const b = EventFd.create();
+    try {
+      const order: string[] = [];
+      poller.add(a.fd, () => {
+        a.drain();
+        order.push('a');
+        b.signal(); // as a handler that completes work and rings the next doorbell
+      });
+      poller.add(b.fd, () => {
+        b.drain();
+        order.push('b');
+      });
+      await sleep(5);
+      const before = { ...poller.stats };
+      a.signal();
+      await until(() => order.length === 2, 'both handlers');
+      assert.deepEqual(order, ['a', 'b']);
+      assert.equal(poller.stats.poolWakeups - before.poolWakeups, 1, 'one wake-up served both');
+      assert.equal(poller.stats.eagerRounds - before.eagerRounds, 1);
+    } finally {
+      await poller.stop();
+      a.close();
+      b.close();
+    }
+  });
+
+  test('a handler that keeps its own fd ready does not hold the event loop', async () => {
+    const poller = new Poller((e) => assert.fail(String(e)));
+    const a = EventFd.create();
+    try {
+      let calls = 0;
+      let stop = false;
+      poller.add(a.fd, () => {
+        a.drain();
+        calls++;
+        if (!stop) a.signal();
+      });
+      a.signal();
+      // Timers still run while the fd is ready on every check.
+      await sleep(20);
+      stop = true;
+      assert.ok(calls > 4, `${calls} calls`);
+      assert.ok(poller.stats.poolWakeups >= Math.floor(calls / 5), 'at most five calls per wake-up');
+    } finally {
+      await poller.stop();
+      a.close();
+    }
+  });
+
   test('many signals across many fds each reach their handler', async () => {
     const poller = new Poller((e) => assert.fail(String(e)));
     const fds = Array.from({ length: 8 }, () => EventFd.create());
