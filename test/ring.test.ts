@@ -462,6 +462,15 @@ function fillUntilFull(writer: RingWriter, payload: Uint8Array): number {
 describe('device write batches', () => {
   const small = new Uint8Array(40);
   const turnEnds = () => new Promise<void>((resolve) => setImmediate(resolve));
+  /** Reads what is published, without committing: the writer still sees a non-empty ring. */
+  const readPublished = (reader: RingReader) => {
+    let n = 0;
+    while (reader.peek()) {
+      reader.next();
+      n++;
+    }
+    return n;
+  };
 
   test('publishEvery: every Nth write publishes (one signal for the first piece), the rest goes out when the turn ends', async () => {
     const ring = makeRing('memfd-double', 4);
@@ -471,14 +480,7 @@ describe('device write batches', () => {
       let signals = 0;
       let publishes = 0;
       const batch = new RingWriteBatch(() => signals++, (e) => assert.fail(String(e)), () => publishes++, 4);
-      const visible = () => {
-        let n = 0;
-        while (reader.peek()) {
-          reader.next();
-          n++;
-        }
-        return n; // read but not committed: the writer still sees a non-empty ring
-      };
+      const visible = () => readPublished(reader);
       for (let i = 1; i <= 10; i++) {
         batch.begin(writer);
         assert.equal(writer.tryWrite(PacketType.DataInband, 0, BigInt(i), null, small), WriteResult.WRITTEN);
@@ -512,12 +514,7 @@ describe('device write batches', () => {
       }
       assert.equal(reader.peek(), null);
       await turnEnds();
-      let n = 0;
-      while (reader.peek()) {
-        reader.next();
-        n++;
-      }
-      assert.equal(n, 20);
+      assert.equal(readPublished(reader), 20);
       assert.equal(signals, 1);
     } finally {
       ring.release();
