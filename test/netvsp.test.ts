@@ -37,6 +37,7 @@ import {
   type RndisMessage,
 } from '../src/devices/netvsp/rndis-protocol.js';
 import { MICROSOFT_RSS_KEY, ToeplitzHash } from '../src/devices/netvsp/toeplitz.js';
+import { pageCursor, waitFor } from './support/device-rig.js';
 
 const RAM_PAGES = 4096; // 16 MiB
 const memory = GuestMemory.create(RAM_PAGES * PAGE_SIZE, 'netvsp-test');
@@ -51,21 +52,7 @@ after(async () => {
   memory.close();
 });
 
-let nextPage = 16;
-function allocPages(n: number): number {
-  if (nextPage + n > RAM_PAGES) nextPage = 16;
-  const first = nextPage;
-  nextPage += n;
-  return first;
-}
-
-async function waitFor(cond: () => boolean, what: string, timeoutMs = 3000): Promise<void> {
-  const start = Date.now();
-  while (!cond()) {
-    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 1));
-  }
-}
+const allocPages = pageCursor(RAM_PAGES);
 
 const MAC = Uint8Array.from([0x00, 0x15, 0x5d, 0x01, 0x02, 0x03]);
 

@@ -34,6 +34,7 @@ import {
   VstorPacket,
   VstorField,
 } from '../src/devices/storvsp/storvsp-protocol.js';
+import { pageCursor, waitFor } from './support/device-rig.js';
 
 const RAM_PAGES = 4096; // 16 MiB
 const memory = GuestMemory.create(RAM_PAGES * PAGE_SIZE, 'storvsp-test');
@@ -43,22 +44,7 @@ after(async () => {
   memory.close();
 });
 
-/** Guest pages handed out in order; tests never free them (RAM is plenty). */
-let nextPage = 16;
-function allocPages(n: number): number {
-  if (nextPage + n > RAM_PAGES) nextPage = 16;
-  const first = nextPage;
-  nextPage += n;
-  return first;
-}
-
-async function waitFor(cond: () => boolean, what: string, timeoutMs = 3000): Promise<void> {
-  const start = Date.now();
-  while (!cond()) {
-    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 1));
-  }
-}
+const allocPages = pageCursor(RAM_PAGES);
 
 interface Reply {
   type: number;
