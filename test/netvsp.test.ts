@@ -11,15 +11,11 @@ import { PacketOffload, type NetBackend, type NetBackendStats, type NetFrame, ty
 import { verifyIpv4HeaderChecksum, onesSum, foldSum, pseudoHeaderSumIpv4 } from '../src/backends/net/inet-checksum.js';
 import { ParsedPacket, parsePacket } from '../src/backends/net/packet-parse.js';
 import type { GpaRange } from '../src/memory/gpa-range.js';
-import { GuestMemory, type PageMapping } from '../src/memory/guest-memory.js';
+import { GuestMemory } from '../src/memory/guest-memory.js';
 import { PAGE_SIZE } from '../src/memory/page.js';
 import { Poller } from '../src/sys/epoll.js';
-import { EventFd } from '../src/sys/eventfd.js';
 import { decodeTransferPageHeader, encodeGpaDirectHeader, gpaDirectHeaderSize, PacketType, TransferPageHeader } from '../src/vmbus/packet.js';
-import { initRingHeader, ringMemoryFromBuffer, RingWord, type RingMemory } from '../src/vmbus/ring/ring-memory.js';
-import { RingReader } from '../src/vmbus/ring/ring-reader.js';
-import { RingWriter, WRITE_FULL, WRITE_SIGNAL } from '../src/vmbus/ring/ring-writer.js';
-import type { OpenChannel } from '../src/vmbus/server/vmbus-device.js';
+import { RingWord } from '../src/vmbus/ring/ring-memory.js';
 import { NetvspDevice, type NetvspOptions } from '../src/devices/netvsp/netvsp-device.js';
 import { ReceiveBuffer, receiveSubAllocationSize } from '../src/devices/netvsp/receive-buffer.js';
 import { encodeNdisOffloadParameters, encodeRssParameters, LINUX_RSS_HASH_INFO, RssParameterFlag } from '../src/devices/netvsp/ndis-offload.js';
@@ -37,7 +33,7 @@ import {
   type RndisMessage,
 } from '../src/devices/netvsp/rndis-protocol.js';
 import { MICROSOFT_RSS_KEY, ToeplitzHash } from '../src/devices/netvsp/toeplitz.js';
-import { pageCursor, waitFor } from './support/device-rig.js';
+import { FakeGuestEnd, pageCursor, waitFor, type HostPacket } from './support/device-rig.js';
 
 const RAM_PAGES = 4096; // 16 MiB
 const memory = GuestMemory.create(RAM_PAGES * PAGE_SIZE, 'netvsp-test');
@@ -109,93 +105,21 @@ class FakeBackend implements NetBackend {
 
 // ---- the guest end of a channel ----
 
-interface Packet {
-  type: number;
-  flags: number;
-  transactionId: bigint;
-  payload: Uint8Array;
-  header: Uint8Array;
-}
+type Packet = HostPacket;
 
-class FakeGuestChannel {
-  readonly open: OpenChannel;
-  readonly failures: string[] = [];
-  hostSignals = 0;
-  readonly writer: RingWriter;
-  readonly reader: RingReader;
-  readonly incoming: RingMemory;
-  private readonly mappings: PageMapping[] = [];
-  private readonly signal = EventFd.create();
-
+/** The guest end of a NetVSP channel: 16-page rings and the test's GPADLs. */
+class FakeGuestChannel extends FakeGuestEnd {
   constructor(subChannelIndex: number, gpadls: Map<number, GpaRange[]>, pages = 16) {
-    this.incoming = this.ring(pages);
-    const outgoing = this.ring(pages);
-    this.writer = new RingWriter(this.incoming);
-    this.reader = new RingReader(outgoing);
-    const self = this;
-    this.open = {
-      relid: 1 + subChannelIndex,
-      subChannelIndex,
-      connectionId: 0x10000 + subChannelIndex,
-      openId: 1,
-      userData: new Uint8Array(120),
-      incoming: this.incoming,
-      outgoing,
-      guestSignal: this.signal,
-      memory,
-      targetVp: 0,
-      gpadl: (id: number) => gpadls.get(id) ?? null,
-      signalGuest() {
-        self.hostSignals++;
-      },
-      fail(reason: string) {
-        self.failures.push(reason);
-      },
-    };
-  }
-
-  private ring(dataPages: number): RingMemory {
-    const pages = dataPages + 1;
-    const first = allocPages(pages);
-    const pfns = Array.from({ length: pages }, (_, i) => first + i);
-    const mapping = memory.mapPages(pfns, 1);
-    this.mappings.push(mapping);
-    const mem = ringMemoryFromBuffer(mapping.buffer, 0, pages * PAGE_SIZE, true);
-    initRingHeader(mem);
-    return mem;
-  }
-
-  send(type: number, transactionId: bigint | number, payload: Uint8Array, header: Uint8Array | null = null, flags = 1): void {
-    const result = this.writer.tryWrite(type, flags, transactionId, header, payload);
-    assert.notEqual(result, WRITE_FULL, 'guest ring full');
-    if (result === WRITE_SIGNAL) this.signal.signal();
-  }
-
-  get consumed(): boolean {
-    return Atomics.load(this.incoming.header, RingWord.ReadIndex) === Atomics.load(this.incoming.header, RingWord.WriteIndex);
+    super(memory, allocPages, { subChannelIndex, gpadls, sendPages: pages, receivePages: pages });
   }
 
   take(): Packet | null {
-    const view = this.reader.peek();
-    if (view === null) return null;
-    const payload = new Uint8Array(view.payloadLength);
-    this.reader.copyPayload(payload);
-    const header = new Uint8Array(view.headerLength);
-    this.reader.copyHeader(header);
-    const p: Packet = { type: view.type, flags: view.flags, transactionId: view.transactionId, payload, header };
-    this.reader.next();
-    if (this.reader.commit()) this.signal.signal();
-    return p;
+    return this.takePacket();
   }
 
   async next(what = 'a packet from the host'): Promise<Packet> {
-    await waitFor(() => this.reader.peek() !== null, what);
+    await this.packetWaiting(what);
     return this.take()!;
-  }
-
-  release(): void {
-    for (const m of this.mappings) m.release();
-    this.signal.close();
   }
 }
 

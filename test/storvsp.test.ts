@@ -8,15 +8,11 @@ import { after, describe, test } from 'node:test';
 import fc from 'fast-check';
 import { MemoryDisk } from '../src/backends/block/memory-disk.js';
 import type { BlockBackend } from '../src/backends/block/block-backend.js';
-import { GuestMemory, type PageMapping } from '../src/memory/guest-memory.js';
+import { GuestMemory } from '../src/memory/guest-memory.js';
 import { PAGE_SIZE } from '../src/memory/page.js';
 import { Poller } from '../src/sys/epoll.js';
-import { EventFd } from '../src/sys/eventfd.js';
 import { encodeGpaDirectHeader, gpaDirectHeaderSize, PacketType } from '../src/vmbus/packet.js';
-import { initRingHeader, ringMemoryFromBuffer, RingWord, type RingMemory } from '../src/vmbus/ring/ring-memory.js';
-import { RingReader } from '../src/vmbus/ring/ring-reader.js';
-import { RingWriter, WRITE_FULL, WRITE_SIGNAL } from '../src/vmbus/ring/ring-writer.js';
-import type { OpenChannel } from '../src/vmbus/server/vmbus-device.js';
+import { RingWord } from '../src/vmbus/ring/ring-memory.js';
 import { ScsiStatus, type ScsiCommand, type ScsiLogicalUnit } from '../src/devices/scsi/scsi-command.js';
 import { StorvspDevice, type StorvspOptions } from '../src/devices/storvsp/storvsp-device.js';
 import {
@@ -34,7 +30,7 @@ import {
   VstorPacket,
   VstorField,
 } from '../src/devices/storvsp/storvsp-protocol.js';
-import { pageCursor, waitFor } from './support/device-rig.js';
+import { FakeGuestEnd, pageCursor, waitFor } from './support/device-rig.js';
 
 const RAM_PAGES = 4096; // 16 MiB
 const memory = GuestMemory.create(RAM_PAGES * PAGE_SIZE, 'storvsp-test');
@@ -55,93 +51,25 @@ interface Reply {
   packet: VstorPacket;
 }
 
-/** The guest end of one channel: rings in guest RAM, an OpenChannel for the device. */
-class FakeGuestChannel {
-  readonly open: OpenChannel;
-  readonly failures: string[] = [];
-  hostSignals = 0;
-  readonly writer: RingWriter;
-  readonly reader: RingReader;
-  readonly incoming: RingMemory;
-  readonly outgoing: RingMemory;
-  private readonly mappings: PageMapping[] = [];
-  private readonly signal = EventFd.create();
-
-  constructor(subChannelIndex = 0, sendPages = 8, receivePages = 8, private readonly doubleMapped = true) {
-    this.incoming = this.ring(sendPages);
-    this.outgoing = this.ring(receivePages);
-    this.writer = new RingWriter(this.incoming);
-    this.reader = new RingReader(this.outgoing);
-    const self = this;
-    this.open = {
-      relid: 1 + subChannelIndex,
-      subChannelIndex,
-      connectionId: 0x10000 + subChannelIndex,
-      openId: 1,
-      userData: new Uint8Array(120),
-      incoming: this.incoming,
-      outgoing: this.outgoing,
-      guestSignal: this.signal,
-      memory,
-      targetVp: 0,
-      gpadl: () => null,
-      signalGuest() {
-        self.hostSignals++;
-      },
-      fail(reason: string) {
-        self.failures.push(reason);
-      },
-    };
-  }
-
-  private ring(dataPages: number): RingMemory {
-    const pages = dataPages + 1;
-    const first = allocPages(pages);
-    const pfns = Array.from({ length: pages }, (_, i) => first + i);
-    // The server maps rings twice over (packets never split); a single mapping makes
-    // packets wrap at the end of the data area, which the device must handle too.
-    const mapping = this.doubleMapped ? memory.mapPages(pfns, 1) : memory.mapPages(pfns);
-    this.mappings.push(mapping);
-    const mem = ringMemoryFromBuffer(mapping.buffer, 0, pages * PAGE_SIZE, this.doubleMapped);
-    initRingHeader(mem);
-    return mem;
-  }
-
-  /** Writes a packet the way the guest does, signalling only on the empty to non-empty edge. */
-  send(type: number, transactionId: bigint | number, payload: Uint8Array, header: Uint8Array | null = null, flags = 1): void {
-    const result = this.writer.tryWrite(type, flags, transactionId, header, payload);
-    assert.notEqual(result, WRITE_FULL, 'guest ring full');
-    if (result === WRITE_SIGNAL) this.signal.signal();
-  }
-
-  /** Signals the host regardless (what a guest does after freeing space the host waits for). */
-  kick(): void {
-    this.signal.signal();
-  }
-
-  /** Whether the host has consumed everything the guest wrote. */
-  get consumed(): boolean {
-    return Atomics.load(this.incoming.header, RingWord.ReadIndex) === Atomics.load(this.incoming.header, RingWord.WriteIndex);
+/** The guest end of a StorVSP channel; packets from the host are decoded as vstor packets. */
+class FakeGuestChannel extends FakeGuestEnd {
+  constructor(subChannelIndex = 0, sendPages = 8, receivePages = 8, doubleMapped = true) {
+    super(memory, allocPages, { subChannelIndex, sendPages, receivePages, doubleMapped });
   }
 
   /** The next packet from the host, waiting for it. */
   async next(what = 'a reply'): Promise<Reply> {
-    await waitFor(() => this.reader.peek() !== null, what);
+    await this.packetWaiting(what);
     return this.take()!;
   }
 
   /** The next packet if one is there now. */
   take(): Reply | null {
-    const view = this.reader.peek();
-    if (view === null) return null;
-    const bytes = new Uint8Array(view.payloadLength);
-    this.reader.copyPayload(bytes);
+    const p = this.takePacket();
+    if (p === null) return null;
     const packet = new VstorPacket();
-    decodeVstorPacket(bytes, 0, bytes.length, packet);
-    const reply: Reply = { type: view.type, flags: view.flags, transactionId: view.transactionId, length: view.payloadLength, bytes, packet };
-    this.reader.next();
-    if (this.reader.commit()) this.signal.signal();
-    return reply;
+    decodeVstorPacket(p.payload, 0, p.payload.length, packet);
+    return { type: p.type, flags: p.flags, transactionId: p.transactionId, length: p.payload.length, bytes: p.payload, packet };
   }
 
   /** Waits until the host consumed every request, then returns what it answered. */
@@ -151,11 +79,6 @@ class FakeGuestChannel {
     let r: Reply | null;
     while ((r = this.take()) !== null) out.push(r);
     return out;
-  }
-
-  release(): void {
-    for (const m of this.mappings) m.release();
-    this.signal.close();
   }
 }
 
