@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import { Poller } from '../src/sys/epoll.js';
 import { netnsExists, netnsUnavailableReason, runInNetns } from '../src/sys/netns.js';
 import { BenchNamespaces, startRelayPath } from '../bench/net-namespaces.js';
+import { iperf3Client } from './support/iperf3.js';
 
 const unavailable = netnsUnavailableReason();
 if (unavailable) console.error(`\n*** net-relay tests SKIPPED: ${unavailable}; the benchmark relay is NOT tested here ***\n`);
@@ -47,13 +48,10 @@ test('TAP-to-TAP relay: ping G -> H and iperf3 -t 1 through it', async (t) => {
       const port = String(20_000 + Math.floor(Math.random() * 30_000));
       server = runInNetns(ns.host.netns, ['iperf3', '-s', '-1', '-B', ns.host.address, '-p', port], 20_000);
       // The server needs a moment to listen; the client retries on refusal.
-      let client = await runInNetns(ns.guest.netns, ['iperf3', '-c', ns.host.address, '-p', port, '-t', '1', '-J'], 20_000);
-      for (let i = 0; i < 20 && client.code !== 0 && /refused/i.test(client.stdout + client.stderr); i++) {
-        await new Promise((r) => setTimeout(r, 100));
-        client = await runInNetns(ns.guest.netns, ['iperf3', '-c', ns.host.address, '-p', port, '-t', '1', '-J'], 20_000);
-      }
+      const client = await iperf3Client(ns.guest.netns, ['-c', ns.host.address, '-p', port, '-t', '1', '-J'], 10_000, 20_000);
       assert.equal(client.code, 0, `iperf3 failed:\n${client.stdout.slice(0, 2000)}\n${client.stderr}`);
       const json = JSON.parse(client.stdout) as { end: { sum_received: { bytes: number; bits_per_second: number } } };
+      assert.ok(json.end?.sum_received, `iperf3 exited 0 without a result:\n${client.stdout.slice(0, 3000)}\n${client.stderr}`);
       assert.ok(json.end.sum_received.bytes > 1_000_000, `only ${json.end.sum_received.bytes} bytes arrived`);
       assert.ok(relay.stats.aToB.gsoFrames > 0, 'TSO frames from G crossed the relay whole (vnet header passed through)');
       assert.equal(relay.stats.aToB.busyDrops + relay.stats.bToA.busyDrops, 0);

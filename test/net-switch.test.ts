@@ -33,6 +33,7 @@ import { IovecList } from '../src/sys/iovec.js';
 import { mapAnonymous, munmap, viewOf } from '../src/sys/memfd.js';
 import { addAddress, createNetns, deleteNetns, moveLinkToNetns, netnsExists, netnsUnavailableReason, runInNetns, setLinkUp, uniqueName } from '../src/sys/netns.js';
 import { MessageVector, NativeSocketAddress, UnixDatagramSocket, unixAddress } from '../src/sys/unix-dgram.js';
+import { iperf3Client } from './support/iperf3.js';
 
 const BROADCAST = Uint8Array.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
 const mac = (n: number): Uint8Array => Uint8Array.from([0x02, 0, 0, 0, 0x5a, n]);
@@ -703,7 +704,7 @@ describe('switch with real kernels (two namespaces, TAP <-> switch relays)', { c
         // TCP through the switch: the kernel hands the TAP TSO frames; the switch backend segments them.
         const server = runInNetns(sides[1]!.netns, ['iperf3', '-s', '-1', '-B', sides[1]!.ip], 30_000);
         await settle(500);
-        const client = await runInNetns(sides[0]!.netns, ['iperf3', '-c', sides[1]!.ip, '-t', '1', '-J'], 30_000);
+        const client = await iperf3Client(sides[0]!.netns, ['-c', sides[1]!.ip, '-t', '1', '-J'], 10_000, 30_000);
         await server;
         assert.equal(client.code, 0, `iperf3 failed:\n${client.stdout.slice(-2000)}\n${client.stderr}`);
         const result = JSON.parse(client.stdout) as { end: { sum_received: { bytes: number; bits_per_second: number } } };

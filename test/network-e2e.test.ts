@@ -7,6 +7,7 @@ import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createNetns, deleteNetns, ip, netnsUnavailableReason, runInNetns, uniqueName } from '../src/sys/netns.js';
 import { runTool, scratchDir } from './support/storage.js';
+import { iperf3Client } from './support/iperf3.js';
 
 const BIN = new URL('../../bin/enlighten.js', import.meta.url).pathname;
 const unavailable = netnsUnavailableReason();
@@ -60,6 +61,14 @@ function startVm(args: string[]): Vm {
   };
 }
 
+/** An iperf3 client run that must succeed (retried while the server is not listening yet). */
+async function iperf3(ns: string, args: string[]): Promise<string> {
+  const r = await iperf3Client(ns, args);
+  assert.equal(r.code, 0, `iperf3 ${args.join(' ')} in ${ns}: ${r.stderr}${r.stdout}`);
+  assert.doesNotMatch(r.stdout, /"error"/, `iperf3 ${args.join(' ')} in ${ns}: ${r.stdout.slice(0, 2000)}`);
+  return r.stdout;
+}
+
 async function inNs(ns: string, argv: string[], timeoutMs = 60_000) {
   const r = await runInNetns(ns, argv, timeoutMs);
   assert.equal(r.code, 0, `${argv.join(' ')} in ${ns}: ${r.stderr}${r.stdout}`);
@@ -96,7 +105,7 @@ test('ping, iperf3 both ways, a 1 GiB transfer, MTU 9000 and link down/up betwee
     // iperf3 TCP both directions (the client in G sends, then -R receives).
     const server = spawn('ip', ['netns', 'exec', h, 'iperf3', '-s', '-1', '--json'], { stdio: 'ignore' });
     await new Promise((r) => setTimeout(r, 500));
-    const up = JSON.parse(await inNs(g, ['iperf3', '-c', hostIp, '-t', '2', '--json'])) as { end: { sum_received: { bytes: number } } };
+    const up = JSON.parse(await iperf3(g, ['-c', hostIp, '-t', '2', '--json'])) as { end: { sum_received: { bytes: number } } };
     assert.ok(up.end.sum_received.bytes > 1_000_000, 'G -> H carried data');
     server.kill();
     // TSO from the guest side: G's kernel hands its TAP large segments, netvsc sends them with
@@ -107,7 +116,7 @@ test('ping, iperf3 both ways, a 1 GiB transfer, MTU 9000 and link down/up betwee
     assert.ok(afterUp[0]!.backend.txLargestFrame > 9014, `a segment larger than one MTU-9000 frame: ${afterUp[0]!.backend.txLargestFrame}`);
     const server2 = spawn('ip', ['netns', 'exec', h, 'iperf3', '-s', '-1', '--json'], { stdio: 'ignore' });
     await new Promise((r) => setTimeout(r, 500));
-    const down = JSON.parse(await inNs(g, ['iperf3', '-c', hostIp, '-t', '2', '-R', '--json'])) as { end: { sum_received: { bytes: number } } };
+    const down = JSON.parse(await iperf3(g, ['-c', hostIp, '-t', '2', '-R', '--json'])) as { end: { sum_received: { bytes: number } } };
     assert.ok(down.end.sum_received.bytes > 1_000_000, 'H -> G carried data');
     server2.kill();
 
