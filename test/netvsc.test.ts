@@ -11,7 +11,7 @@ import { PacketType, encodeTransferPageHeader } from '../src/vmbus/packet.js';
 import { NvspDecoder, NvspStatus, encodeNvspMessage, encodeRndisPacketMessage, isNvspError, type NvspMessage } from '../src/devices/netvsp/nvsp-protocol.js';
 import { RndisDecoder, RndisError, encodeRndisInitializeComplete, encodeRndisQueryComplete, encodeRndisSetComplete, encodeRndisPacketHeader, encodeRndisIndicateStatus, NdisStatus } from '../src/devices/netvsp/rndis-protocol.js';
 import { Oid, oidName } from '../src/devices/netvsp/rndis-oids.js';
-import { checksumAndLsoOffload, encodeNdisOffload, ndisOffloadSizeFor, encodeRssCapabilities } from '../src/devices/netvsp/ndis-offload.js';
+import { checksumAndLsoOffload, decodeNdisOffloadParameters, encodeNdisOffload, ndisOffloadSizeFor, encodeRssCapabilities, NdisObjectError, type NdisOffloadParameters } from '../src/devices/netvsp/ndis-offload.js';
 import { PpiType, RxChecksum, lsoMss, lsoTcpHeaderOffset, lsoIpVersion, txChecksumHeaderOffset, writeU32Ppi } from '../src/devices/netvsp/per-packet-info.js';
 import { PacketOffload } from '../src/backends/net/net-backend.js';
 import { fillIpv4HeaderChecksum, finishChecksum, onesSum } from '../src/backends/net/inet-checksum.js';
@@ -35,6 +35,8 @@ class FakeHost {
   readonly sent: Sent[] = [];
   readonly nvspLog: string[] = [];
   readonly rndisLog: string[] = [];
+  /** Every NDIS_OFFLOAD_PARAMETERS the guest set, decoded. */
+  readonly offloadSets: NdisOffloadParameters[] = [];
   readonly frames: Uint8Array[] = [];
   readonly completions: { txid: number; status: number }[] = [];
   readonly gpadls = new Map<number, number[]>();
@@ -161,6 +163,11 @@ class FakeHost {
       n = info ? encodeRndisQueryComplete(out, 0, m.requestId, 0, info) : encodeRndisQueryComplete(out, 0, m.requestId, NdisStatus.NotSupported);
     } else if (m.kind === 'set') {
       this.rndisLog.push(`set ${oidName(m.oid)}`);
+      if (m.oid === Oid.TCP_OFFLOAD_PARAMETERS) {
+        const p = decodeNdisOffloadParameters(bytes, m.infoOffset, m.infoLength);
+        if (p instanceof NdisObjectError) throw new Error(`bad offload parameters: ${p.reason}`);
+        this.offloadSets.push(p);
+      }
       n = encodeRndisSetComplete(out, 0, m.requestId, 0);
     } else return;
     this.deliver(out.subarray(0, n), 1);
@@ -242,16 +249,20 @@ describe('netvsc bring-up against a scripted host', () => {
       'query OID_GEN_LINK_SPEED',
       'query OID_GEN_RECEIVE_SCALE_CAPABILITIES',
       'set OID_GEN_CURRENT_PACKET_FILTER',
+      // The host offers RSC: Linux's bring-up says RSC off, then LRO on asks for it.
+      'set OID_TCP_OFFLOAD_PARAMETERS',
     ]);
+    assert.deepEqual(host.offloadSets.map((p) => [p.rscIpv4, p.rscIpv6, p.tcpIpv4Checksum, p.lsoV2Ipv4]), [[1, 1, 4, 2], [2, 2, 0, 0]]);
+    assert.ok(nic.info!.offloads.lro);
     assert.deepEqual([...nic.info!.mac], [...MAC]);
     assert.equal(nic.mtu, 1500);
     assert.equal(nic.linkUp, true);
     assert.ok(nic.info!.offloads.tso4 && nic.info!.offloads.tso6 && nic.info!.offloads.txChecksumUdp4);
     assert.equal(await nic.startSubchannels(), 2);
     assert.deepEqual(host.nvspLog.slice(7), ['subchannel-request']);
-    assert.deepEqual(host.rndisLog.slice(10), ['set OID_GEN_RECEIVE_SCALE_PARAMETERS', 'set OID_GEN_RECEIVE_SCALE_PARAMETERS']);
+    assert.deepEqual(host.rndisLog.slice(11), ['set OID_GEN_RECEIVE_SCALE_PARAMETERS', 'set OID_GEN_RECEIVE_SCALE_PARAMETERS']);
     // Every control transfer-page packet was completed with status 1.
-    assert.equal(host.completions.length, 12);
+    assert.equal(host.completions.length, 13);
     assert.ok(host.completions.every((c) => c.status === 1));
     await nic.release(true);
     assert.equal(host.gpadls.size, 0);
@@ -332,8 +343,8 @@ describe('netvsc data path', () => {
     const lso = new DataView(host.lastPpi.buffer).getUint32(12, true);
     assert.equal(new DataView(host.lastPpi.buffer).getUint32(4, true), PpiType.TcpLargeSend);
     assert.deepEqual([lsoMss(lso), lsoTcpHeaderOffset(lso), lsoIpVersion(lso)], [1448, 34, 0]);
-    // 10 RNDIS control requests (bring-up + packet filter) and the 2 frames, all completed.
-    assert.equal(nic.datapath!.stats.txCompletions, 12);
+    // 11 RNDIS control requests (bring-up, packet filter, LRO) and the 2 frames, all completed.
+    assert.equal(nic.datapath!.stats.txCompletions, 13);
     await nic.release(true);
   });
 });

@@ -109,7 +109,11 @@ export function noOffload(): NdisOffloadFields {
   };
 }
 
-/** TX/RX checksum for TCP and UDP on v4 and v6 plus LSOv2, as spec 2.7 recommends (no RSC). */
+/**
+ * TX/RX checksum for TCP and UDP on v4 and v6 plus LSOv2, as spec 2.7 recommends, and
+ * RSC on both IP versions (Hyper-V 2019 and later): Linux offers LRO for it, and a guest
+ * that turns it on receives the host's large TCP segments whole, as fragments.
+ */
 export function checksumAndLsoOffload(): NdisOffloadFields {
   const C = ChecksumCapability;
   const v4 = C.IpOptions | C.TcpOptions | C.Tcp | C.Udp; // 0x055
@@ -122,6 +126,7 @@ export function checksumAndLsoOffload(): NdisOffloadFields {
     lsoV2Ipv4Encapsulation: e, lsoV2Ipv4MaxSize: HYPERV_LSO_MAX_SIZE, lsoV2Ipv4MinSegments: HYPERV_LSO_MIN_SEGMENTS,
     lsoV2Ipv6Encapsulation: e, lsoV2Ipv6MaxSize: HYPERV_LSO_MAX_SIZE, lsoV2Ipv6MinSegments: HYPERV_LSO_MIN_SEGMENTS,
     lsoV2Ipv6Flags: LsoV2Ipv6Capability.ExtensionHeaders | LsoV2Ipv6Capability.TcpOptions,
+    rscIpv4: 1, rscIpv6: 1,
   };
 }
 

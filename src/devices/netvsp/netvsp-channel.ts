@@ -65,14 +65,17 @@ import {
   lsoMss,
   LsoIpVersion,
   PacketInfo,
+  PacketInfoIdFlag,
   PPI_U32_RECORD_SIZE,
   PpiType,
   RxChecksum,
   TxChecksum,
   txChecksumHeaderOffset,
   vlanInfoToTci,
+  writePacketIdPpi,
   writeU32Ppi,
 } from './per-packet-info.js';
+import { coalescedFragmentCount, MAX_COALESCED_FRAME, HYPERV_RECEIVE_SECTION_SIZE } from './receive-buffer.js';
 import { RNDIS_CONTROL_RESPONSE_MAX } from './rndis-control.js';
 import { encodeRndisPacketHeader, RndisDecoder, RndisError, RndisMessageSize, type RndisPacket } from './rndis-protocol.js';
 import { NO_HASH } from './toeplitz.js';
@@ -84,6 +87,10 @@ const COMPLETION_RING_BYTES = ringPacketBytes(NVSP_MESSAGE_SIZE);
 const TRANSFER_HEADER_BYTES = transferPageHeaderSize(1);
 /** Ring bytes of one receive indication: transfer-page header with one range, then SEND_RNDIS_PKT. */
 const RECEIVE_RING_BYTES = ringPacketBytes(TRANSFER_HEADER_BYTES + NVSP_MESSAGE_SIZE);
+/** Most fragments of one coalesced segment: a 64 KiB segment in the smallest sub-allocations. */
+const MAX_COALESCED_FRAGMENTS = coalescedFragmentCount(MAX_COALESCED_FRAME, HYPERV_RECEIVE_SECTION_SIZE);
+/** Ring bytes of the largest coalesced indication. */
+const COALESCED_RING_BYTES = ringPacketBytes(transferPageHeaderSize(MAX_COALESCED_FRAGMENTS) + NVSP_MESSAGE_SIZE);
 /** Largest frame the guest may transmit: an LSO frame (IP length is 16 bits) plus Ethernet and a VLAN tag. */
 const MAX_TX_FRAME = 65535 + 14 + 4;
 /** RNDIS bytes of one SEND_RNDIS_PKT: a send section plus the GPA-direct part of an LSO frame with its headers. */
@@ -114,6 +121,8 @@ export interface NetvspChannelCounters {
   /** Frames indicated to the guest on this channel, and their bytes. */
   rxFrames: number;
   rxBytes: number;
+  /** Of rxFrames: large TCP segments sent whole as RSC fragments. */
+  rxCoalesced: number;
   /** Frames meant for this channel that did not fit a sub-allocation. */
   rxDropped: number;
   /** RNDIS control messages handled, and control answers sent. */
@@ -168,7 +177,9 @@ export class NetvspChannel implements ReceiveQueue {
   private readonly txOffload = new PacketOffload();
   private readonly txParsed = new ParsedPacket();
   private readonly controlOut = new Uint8Array(RNDIS_CONTROL_RESPONSE_MAX);
-  private readonly transferRanges: TransferPageRange[] = [{ byteCount: 0, byteOffset: 0 }];
+  private readonly transferRanges: TransferPageRange[] = Array.from({ length: MAX_COALESCED_FRAGMENTS }, () => ({ byteCount: 0, byteOffset: 0 }));
+  /** The id of the last coalesced segment (PKTINFO_ID pkt_id), per channel. */
+  private coalescedId = 0;
   private controlQueue: Uint8Array[] = [];
 
   constructor(private readonly options: NetvspChannelOptions) {
@@ -712,7 +723,7 @@ export class NetvspChannel implements ReceiveQueue {
 
   hasReceiveRoom(): boolean {
     if (this.writer === null) return false;
-    return this.roomFor(RECEIVE_RING_BYTES);
+    return this.roomFor(this.nic.coalescing ? COALESCED_RING_BYTES : RECEIVE_RING_BYTES);
   }
 
   deliverFrame(frame: Uint8Array, length: number, offload: PacketOffload | null, parsed: ParsedPacket, hash: number): boolean {
@@ -748,12 +759,68 @@ export class NetvspChannel implements ReceiveQueue {
     let ppi = at + RndisMessageSize.Packet;
     ppi += writeU32Ppi(buf, ppi, PpiType.TcpIpChecksum, checksum);
     if (hash !== NO_HASH) writeU32Ppi(buf, ppi, PpiType.HashValue, hash);
-    if (!this.sendTransferPage(index, RndisChannelType.Data, messageLength)) {
+    this.setRange(0, at, messageLength);
+    if (!this.sendTransferPage(index, RndisChannelType.Data, 1)) {
       rb.free(index);
       this.stats.rxDropped++;
       return false;
     }
     this.stats.rxFrames++;
+    this.stats.rxBytes += length;
+    return true;
+  }
+
+  /**
+   * A large TCP segment for a guest that turned RSC on, sent whole: cut into fragments of
+   * one sub-allocation each, all named by one transfer-page packet (Linux drops a
+   * segment whose fragments span packets). Every fragment is an RNDIS PACKET with the
+   * PKTINFO_ID PPI (sub-allocation, first, last); the first also carries the checksum
+   * verdict and the RSS hash, which Linux applies to the whole segment (rsc_add_data).
+   * The frame's IP header must already describe the whole segment. False: no room.
+   */
+  deliverCoalesced(frame: Uint8Array, length: number, checksum: number, hash: number): boolean {
+    const rb = this.nic.receiveBuffer;
+    if (rb === null || this.writer === null) return false;
+    const fragments = coalescedFragmentCount(length, rb.subAllocSize);
+    if (fragments > MAX_COALESCED_FRAGMENTS || rb.freeCount < fragments) {
+      this.stats.rxDropped++;
+      return false;
+    }
+    const header = RndisMessageSize.Packet;
+    const buf = rb.bytes;
+    const id = (this.coalescedId = (this.coalescedId + 1) & 0xffff);
+    let head = -1;
+    let previous = -1;
+    let done = 0;
+    for (let i = 0; i < fragments; i++) {
+      const index = rb.allocate(); // cannot fail: freeCount was checked
+      if (previous < 0) head = index;
+      else rb.chain(previous, index);
+      previous = index;
+      const first = i === 0;
+      const last = i === fragments - 1;
+      const ppiBytes = first ? PPI_U32_RECORD_SIZE * (hash !== NO_HASH ? 3 : 2) : PPI_U32_RECORD_SIZE;
+      const n = Math.min(rb.subAllocSize - header - ppiBytes, length - done);
+      const at = rb.offsetOf(index);
+      encodeRndisPacketHeader(buf, at, ppiBytes, n);
+      let ppi = at + header;
+      const flags = PacketInfoIdFlag.SubAllocation | (first ? PacketInfoIdFlag.FirstFragment : 0) | (last ? PacketInfoIdFlag.LastFragment : 0);
+      ppi += writePacketIdPpi(buf, ppi, flags, id);
+      if (first) {
+        ppi += writeU32Ppi(buf, ppi, PpiType.TcpIpChecksum, checksum);
+        if (hash !== NO_HASH) ppi += writeU32Ppi(buf, ppi, PpiType.HashValue, hash);
+      }
+      buf.set(frame.subarray(done, done + n), ppi);
+      this.setRange(i, at, header + ppiBytes + n);
+      done += n;
+    }
+    if (!this.sendTransferPage(head, RndisChannelType.Data, fragments)) {
+      rb.free(head);
+      this.stats.rxDropped++;
+      return false;
+    }
+    this.stats.rxFrames++;
+    this.stats.rxCoalesced++;
     this.stats.rxBytes += length;
     return true;
   }
@@ -795,7 +862,8 @@ export class NetvspChannel implements ReceiveQueue {
       const index = rb.allocate();
       if (index < 0) break; // the next completion flushes again
       rb.bytes.set(message, rb.offsetOf(index));
-      if (!this.sendTransferPage(index, RndisChannelType.Control, message.length)) {
+      this.setRange(0, rb.offsetOf(index), message.length);
+      if (!this.sendTransferPage(index, RndisChannelType.Control, 1)) {
         rb.free(index);
         this.roomFor(RECEIVE_RING_BYTES); // sets pending_send_sz: the guest signals when it has read
         break;
@@ -806,25 +874,32 @@ export class NetvspChannel implements ReceiveQueue {
     if (sent > 0) queue.splice(0, sent);
   }
 
-  /** A transfer-page packet naming sub-allocation `index` (`length` bytes of RNDIS) and SEND_RNDIS_PKT. */
-  private sendTransferPage(index: number, channelType: number, length: number): boolean {
+  private setRange(i: number, byteOffset: number, byteCount: number): void {
+    const r = this.transferRanges[i]!;
+    r.byteOffset = byteOffset;
+    r.byteCount = byteCount;
+  }
+
+  /**
+   * A transfer-page packet naming the first `rangeCount` transfer ranges (set before) and
+   * SEND_RNDIS_PKT; its transaction id names the packet's first sub-allocation, `index`.
+   */
+  private sendTransferPage(index: number, channelType: number, rangeCount: number): boolean {
     const writer = this.writer!;
     const rb = this.nic.receiveBuffer!;
     this.batch.begin(this.writer);
+    const headerBytes = transferPageHeaderSize(rangeCount);
     const body = writer.reserve(
       PacketType.DataUsingTransferPages,
       PACKET_FLAG_COMPLETION_REQUESTED,
       rb.transactionIdFor(index),
-      TRANSFER_HEADER_BYTES + NVSP_MESSAGE_SIZE,
-      TRANSFER_HEADER_BYTES,
+      headerBytes + NVSP_MESSAGE_SIZE,
+      headerBytes,
     );
     if (body < 0) return false;
-    const range = this.transferRanges[0]!;
-    range.byteCount = length;
-    range.byteOffset = rb.offsetOf(index);
     const target = writer.target;
-    encodeTransferPageHeader(this.nic.receiveBufferId, false, this.transferRanges, target, body, 1);
-    encodeRndisPacketMessage(target, body + TRANSFER_HEADER_BYTES, channelType, NVSP_INVALID_SECTION_INDEX, 0, NVSP_MESSAGE_SIZE);
+    encodeTransferPageHeader(this.nic.receiveBufferId, false, this.transferRanges, target, body, rangeCount);
+    encodeRndisPacketMessage(target, body + headerBytes, channelType, NVSP_INVALID_SECTION_INDEX, 0, NVSP_MESSAGE_SIZE);
     this.wrote(writer.commit());
     return true;
   }
@@ -881,6 +956,7 @@ function emptyCounters(subChannelIndex: number): NetvspChannelCounters {
     txDropped: 0,
     rxFrames: 0,
     rxBytes: 0,
+    rxCoalesced: 0,
     rxDropped: 0,
     controlRequests: 0,
     controlSent: 0,

@@ -9,13 +9,15 @@
 // unload, MTU change, channel-count change) drops the buffers and all RNDIS state, and
 // the guest repeats the whole bring-up on the next open (spec 2.2, teardown).
 import type { NetBackend, PacketOffload } from '../../backends/net/net-backend.js';
-import { ParsedPacket, parsePacket } from '../../backends/net/packet-parse.js';
+import { PacketKind, ParsedPacket, parsePacket } from '../../backends/net/packet-parse.js';
+import { fillIpv4HeaderChecksum } from '../../backends/net/inet-checksum.js';
 import { SegmentError, TcpSegmenter } from '../../backends/net/tcp-segmenter.js';
 import type { GuestMemory, PageMapping } from '../../memory/guest-memory.js';
 import { PAGE_SIZE } from '../../memory/page.js';
 import type { OpenChannel } from '../../vmbus/server/vmbus-device.js';
-import { NETVSC_SEND_SECTION_SIZE, NvspStatus } from './nvsp-protocol.js';
-import { ReceiveBuffer, receiveSubAllocationSize } from './receive-buffer.js';
+import { NdisConfigCapability, NETVSC_SEND_SECTION_SIZE, NvspStatus } from './nvsp-protocol.js';
+import { RxChecksum } from './per-packet-info.js';
+import { coalescedFragmentCount, MAX_COALESCED_FRAME, ReceiveBuffer, receiveSubAllocationSize } from './receive-buffer.js';
 import { RndisControl, type RndisDeviceInfo } from './rndis-control.js';
 import { NO_HASH } from './toeplitz.js';
 
@@ -36,6 +38,8 @@ export interface ReceiveQueue {
    * receive checksum PPI value; hash is the RSS hash or NO_HASH. False: dropped (no room).
    */
   deliverFrame(frame: Uint8Array, length: number, offload: PacketOffload | null, parsed: ParsedPacket, hash: number): boolean;
+  /** Sends a large TCP segment whole as RSC fragments; `checksum` is the receive checksum PPI value. False: no room. */
+  deliverCoalesced(frame: Uint8Array, length: number, checksum: number, hash: number): boolean;
   /** Queues an RNDIS control message (a response or indication) for the guest. */
   queueControl(message: Uint8Array, length: number): void;
 }
@@ -45,7 +49,7 @@ export interface NicCounters {
   rxNotReady: number;
   /** Frames dropped for want of a sub-allocation or ring space. */
   rxNoBuffer: number;
-  /** GSO frames from the backend that could not be segmented. */
+  /** GSO frames from the backend that could not be segmented or coalesced. */
   rxBadGso: number;
   rxPauses: number;
 }
@@ -250,8 +254,10 @@ export class NetvspNic implements RndisDeviceInfo {
       return;
     }
     try {
-      if (offload.gso !== 'none') this.deliverSegmented(frame, length, offload);
-      else if (!this.deliverOne(frame, length, offload)) this.counters.rxNoBuffer++;
+      if (offload.gso !== 'none') {
+        if (this.coalesces(offload)) this.deliverCoalesced(frame, length, offload);
+        else this.deliverSegmented(frame, length, offload);
+      } else if (!this.deliverOne(frame, length, offload)) this.counters.rxNoBuffer++;
     } catch (e) {
       this.log(`netvsp: receive failed: ${(e as Error).stack ?? e}`);
     }
@@ -261,16 +267,68 @@ export class NetvspNic implements RndisDeviceInfo {
   private deliverOne(frame: Uint8Array, length: number, offload: PacketOffload | null): boolean {
     const parsed = this.parsed;
     parsePacket(frame, 0, length, parsed);
+    const target = this.pickQueue(frame, parsed);
+    return target.deliverFrame(frame, length, offload, parsed, this.hash);
+  }
+
+  /** The RSS hash of the frame pickQueue saw last (NO_HASH without RSS). */
+  private hash = NO_HASH;
+
+  /** The receive queue for a parsed frame: RSS when the guest set it up, else the primary. */
+  private pickQueue(frame: Uint8Array, parsed: ParsedPacket): ReceiveQueue {
     const r = this.rndis;
-    let hash = NO_HASH;
     let queue = 0;
+    this.hash = NO_HASH;
     if (r.rssEnabled) {
-      hash = r.toeplitz.hashPacket(frame, 0, parsed, r.rssHashInfo);
-      if (hash !== NO_HASH) queue = r.rssTable.queueFor(hash);
+      this.hash = r.toeplitz.hashPacket(frame, 0, parsed, r.rssHashInfo);
+      if (this.hash !== NO_HASH) queue = r.rssTable.queueFor(this.hash);
     }
-    let target = this.queues[queue];
-    if (target === undefined || !target.isOpen) target = this.queues[0]!;
-    return target.deliverFrame(frame, length, offload, parsed, hash);
+    const target = this.queues[queue];
+    return target === undefined || !target.isOpen ? this.queues[0]! : target;
+  }
+
+  /**
+   * Whether the guest takes large TCP segments whole (RSC): it said it can (NDIS config,
+   * NVSP 6.1+), turned RSC on for the segment's IP version, and the NIC offloads at all.
+   */
+  private coalesces(offload: PacketOffload): boolean {
+    if ((this.ndisCapabilities & BigInt(NdisConfigCapability.Rsc)) === 0n) return false;
+    return offload.gso === 'tcpv4' ? this.rndis.rscIpv4 : offload.gso === 'tcpv6' && this.rndis.rscIpv6;
+  }
+
+  /** RSC is on for at least one IP version: a received frame may take many sub-allocations. */
+  get coalescing(): boolean {
+    return (this.rndis.rscIpv4 || this.rndis.rscIpv6) && (this.ndisCapabilities & BigInt(NdisConfigCapability.Rsc)) !== 0n;
+  }
+
+  /**
+   * A GSO frame from the host for a guest with RSC: one coalesced segment instead of
+   * MTU-sized ones. Its IP header is made to describe the whole segment (lengths, IPv4
+   * header checksum, which Linux verifies); the TCP checksum field keeps the
+   * pseudo-header sum the backend left, and the guest is told the TCP checksum is good,
+   * as it is for data that never crossed a wire.
+   */
+  private deliverCoalesced(frame: Uint8Array, length: number, offload: PacketOffload): void {
+    const p = this.parsed;
+    const kind = parsePacket(frame, 0, length, p);
+    const v4 = offload.gso === 'tcpv4';
+    if (kind !== PacketKind.Tcp || p.isFragment || p.ipVersion !== (v4 ? 4 : 6) || length > MAX_COALESCED_FRAME) {
+      this.counters.rxBadGso++;
+      return;
+    }
+    const ipLength = length - p.l3Offset;
+    if (v4) {
+      frame[p.l3Offset + 2] = ipLength >> 8;
+      frame[p.l3Offset + 3] = ipLength & 0xff;
+      fillIpv4HeaderChecksum(frame, p.l3Offset, p.l3HeaderLength);
+    } else {
+      const payload = ipLength - 40;
+      frame[p.l3Offset + 4] = payload >> 8;
+      frame[p.l3Offset + 5] = payload & 0xff;
+    }
+    const checksum = (v4 ? RxChecksum.IpSucceeded : 0) | RxChecksum.TcpSucceeded;
+    const target = this.pickQueue(frame, p);
+    if (!target.deliverCoalesced(frame, length, checksum, this.hash)) this.counters.rxNoBuffer++;
   }
 
   /**
@@ -300,11 +358,11 @@ export class NetvspNic implements RndisDeviceInfo {
     }
   }
 
-  /** A sub-allocation is free and every open channel has room for one more frame. */
+  /** Sub-allocations are free for the largest frame the backend may hand over, and every open channel has ring room for it. */
   canAcceptMore(): boolean {
     const rb = this.receiveBuffer;
     if (rb === null || !this.receiveOpen) return true; // frames are dropped, not held: keep reading
-    if (rb.freeCount === 0) return false;
+    if (rb.freeCount < (this.coalescing ? coalescedFragmentCount(MAX_COALESCED_FRAME, rb.subAllocSize) : 1)) return false;
     for (const q of this.queues) if (q !== undefined && q.isOpen && !q.hasReceiveRoom()) return false;
     return true;
   }

@@ -6,9 +6,10 @@
 //
 // Sizing choice: one message per sub-allocation, and the sub-allocation is big enough for
 // the largest frame of the device's MTU plus the RNDIS header and every PPI the host
-// sends (1728 bytes, Hyper-V's value, up to MTU 1614; MTU 9000 gives 9112). Hyper-V can
-// spread a jumbo frame over several sub-allocations, but one-per-message keeps the
-// completion bookkeeping to a single index per packet and wastes only buffer space.
+// sends (1728 bytes, Hyper-V's value, up to MTU 1614; MTU 9000 gives 9112). A coalesced
+// (RSC) segment is the exception: its fragments take one sub-allocation each, all named by
+// one transfer-page packet, and the sub-allocations of a packet are chained so that the
+// guest's one completion frees them all.
 //
 // The allocator is a fixed stack of free indices plus an in-use bitmap, both made once per
 // buffer: allocating and freeing touch no heap. The transaction id of a packet encodes the
@@ -27,6 +28,25 @@ const ETHERNET_OVERHEAD = 14 + 4;
 /** Transaction ids are generation * 2^32 + index; the generation wraps below 2^20 to stay a safe integer. */
 const GENERATION_LIMIT = 1 << 20;
 const TWO_32 = 0x1_0000_0000;
+const FREE = 0;
+const HEAD = 1;
+const MEMBER = 2;
+
+/** The largest coalesced (RSC) segment: a 64 KiB IP packet with Ethernet and a VLAN tag. */
+export const MAX_COALESCED_FRAME = 0xffff + ETHERNET_OVERHEAD;
+/** PPIs of the first fragment of a coalesced segment (fragment id, checksum, hash); later fragments carry the id only. */
+export const COALESCED_FIRST_PPI_BYTES = 3 * PPI_U32_RECORD_SIZE;
+
+/**
+ * Sub-allocations a coalesced segment of `frameLength` bytes takes: each fragment is an
+ * RNDIS PACKET header, its PPIs and as much of the frame as fits after them.
+ */
+export function coalescedFragmentCount(frameLength: number, subAllocSize: number): number {
+  const first = subAllocSize - RndisMessageSize.Packet - COALESCED_FIRST_PPI_BYTES;
+  if (frameLength <= first) return 1;
+  const later = subAllocSize - RndisMessageSize.Packet - PPI_U32_RECORD_SIZE;
+  return 1 + Math.ceil((frameLength - first) / later);
+}
 
 /** The sub-allocation size this host announces for a device MTU (payload bytes of an Ethernet frame). */
 export function receiveSubAllocationSize(mtu: number): number {
@@ -40,7 +60,10 @@ export class ReceiveBuffer {
   readonly generation: number;
   private readonly freeStack: Uint32Array;
   private freeTop: number;
+  /** FREE, HEAD (first or only sub-allocation of a packet) or MEMBER (chained after a head). */
   private readonly inUse: Uint8Array;
+  /** The next sub-allocation of the same packet, or -1 (the last or only one). */
+  private readonly nextInPacket: Int32Array;
 
   private static nextGeneration = 1;
 
@@ -57,6 +80,7 @@ export class ReceiveBuffer {
     ReceiveBuffer.nextGeneration = (ReceiveBuffer.nextGeneration % (GENERATION_LIMIT - 1)) + 1;
     this.freeStack = new Uint32Array(count);
     this.inUse = new Uint8Array(count);
+    this.nextInPacket = new Int32Array(count).fill(-1);
     // Lowest indices on top: the first messages land at the start of the buffer.
     for (let i = 0; i < count; i++) this.freeStack[i] = count - 1 - i;
     this.freeTop = count;
@@ -75,20 +99,36 @@ export class ReceiveBuffer {
   allocate(): number {
     if (this.freeTop === 0) return -1;
     const index = this.freeStack[--this.freeTop]!;
-    this.inUse[index] = 1;
+    this.inUse[index] = HEAD;
+    this.nextInPacket[index] = -1;
     return index;
   }
 
-  /** Returns a sub-allocation; false (nothing changes) for an index that is not out. */
+  /** Makes `next` part of the packet `previous` belongs to: freeing the packet frees it too. */
+  chain(previous: number, next: number): void {
+    this.nextInPacket[previous] = next;
+    this.inUse[next] = MEMBER;
+  }
+
+  /**
+   * Returns a packet's sub-allocations: `index` and every one chained after it. False
+   * (nothing changes) for an index that is not the head of a packet out: a forged
+   * completion naming the middle of a chain must not free part of it twice.
+   */
   free(index: number): boolean {
-    if (!Number.isInteger(index) || index < 0 || index >= this.count || this.inUse[index] === 0) return false;
-    this.inUse[index] = 0;
-    this.freeStack[this.freeTop++] = index;
+    if (!Number.isInteger(index) || index < 0 || index >= this.count || this.inUse[index] !== HEAD) return false;
+    for (let i = index; i >= 0; ) {
+      const next = this.nextInPacket[i]!;
+      this.nextInPacket[i] = -1;
+      this.inUse[i] = FREE;
+      this.freeStack[this.freeTop++] = i;
+      i = next;
+    }
     return true;
   }
 
   isAllocated(index: number): boolean {
-    return Number.isInteger(index) && index >= 0 && index < this.count && this.inUse[index] === 1;
+    return Number.isInteger(index) && index >= 0 && index < this.count && this.inUse[index] !== FREE;
   }
 
   /** Byte offset of a sub-allocation in the buffer (what a transfer-page range names). */

@@ -64,7 +64,7 @@ export interface RndisDeviceInfo {
   readonly maxQueues: number;
   /** Channels the guest can use now: the primary plus the sub-channels granted. */
   readonly queueCount: number;
-  /** Advertise checksum and LSO offload (the backend finishes checksums and segments). */
+  /** Advertise checksum, LSO and RSC offload (the backend finishes checksums and segments). */
   readonly offload: boolean;
 }
 
@@ -81,6 +81,13 @@ export class RndisControl {
   packetFilter = 0;
   /** The guest's last NDIS_OFFLOAD_PARAMETERS (null until it sets them). */
   offloadParameters: NdisOffloadParameters | null = null;
+  /**
+   * Receive segment coalescing the guest turned on, per IP version. Sticky across SETs:
+   * Linux's LRO toggle (netvsc_set_features) sends a structure with only the RSC fields
+   * set and every other field 0 = "no change".
+   */
+  rscIpv4 = false;
+  rscIpv6 = false;
   rssEnabled = false;
   rssHashInfo = LINUX_HASH_INFO;
   readonly rssTable = new RssIndirectionTable();
@@ -95,6 +102,7 @@ export class RndisControl {
     this.initialized = false;
     this.packetFilter = 0;
     this.offloadParameters = null;
+    this.rscIpv4 = this.rscIpv6 = false;
     this.rssEnabled = false;
     this.rssHashInfo = LINUX_HASH_INFO;
     this.rssTable.spreadEvenly(1, 1);
@@ -210,7 +218,11 @@ export class RndisControl {
         // Linux fails the probe unless this succeeds; a malformed structure is still refused.
         const p = decodeNdisOffloadParameters(bytes, infoOffset, infoLength);
         if (p instanceof NdisObjectError) status = NdisStatus.InvalidData;
-        else this.offloadParameters = p;
+        else {
+          this.offloadParameters = p;
+          if (p.rscIpv4 !== OffloadParameter.NoChange) this.rscIpv4 = p.rscIpv4 === OffloadParameter.Enabled && this.device.offload;
+          if (p.rscIpv6 !== OffloadParameter.NoChange) this.rscIpv6 = p.rscIpv6 === OffloadParameter.Enabled && this.device.offload;
+        }
         break;
       }
       case Oid.GEN_RECEIVE_SCALE_PARAMETERS:

@@ -5,8 +5,11 @@
 // not fit one, from a per-queue bounce buffer in guest pages described GPA-direct. Receive:
 // transfer-page packets from the 0xCAFE receive buffer, one RNDIS message per range; data
 // frames go to the receiver with their RX checksum verdict, control messages to the RNDIS
-// filter, and every packet is completed with {108, status}. Per-packet state lives in
-// preallocated tables; nothing is allocated per frame.
+// filter, and every packet is completed with {108, status}. A coalesced (RSC) segment
+// arrives as fragments in consecutive ranges of one packet (PKTINFO_ID: first/last); they
+// are joined into one frame with the first fragment's PPIs, as rndis_filter_receive_data
+// and rsc_add_data do. Per-packet state lives in preallocated tables; nothing is
+// allocated per frame.
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { PAGE_SIZE } from '../../memory/page.js';
 import { DecodeError, decodeTransferPageHeader, PACKET_FLAG_COMPLETION_REQUESTED, PacketType, TransferPageHeader } from '../../vmbus/packet.js';
@@ -23,7 +26,7 @@ import {
   isNvspError,
 } from '../../devices/netvsp/nvsp-protocol.js';
 import { RndisDecoder, RndisError, RndisMessageSize, encodeRndisPacketHeader } from '../../devices/netvsp/rndis-protocol.js';
-import { LsoIpVersion, PacketInfo, PpiType, PPI_U32_RECORD_SIZE, RxChecksum, TxChecksum, decodePacketInfo, lsoV2Info, txChecksumInfo, writeU32Ppi } from '../../devices/netvsp/per-packet-info.js';
+import { LsoIpVersion, PacketInfo, PacketInfoIdFlag, PpiType, PPI_U32_RECORD_SIZE, RxChecksum, TxChecksum, decodePacketInfo, lsoV2Info, txChecksumInfo, writeU32Ppi } from '../../devices/netvsp/per-packet-info.js';
 import { PacketOffload } from '../../backends/net/net-backend.js';
 import { ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPPROTO_TCP, IPPROTO_UDP, ParsedPacket, parsePacket } from '../../backends/net/packet-parse.js';
 import { fillIpv4HeaderChecksum, fillPartialChecksum, finishChecksum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6 } from '../../backends/net/inet-checksum.js';
@@ -35,6 +38,10 @@ export const NETVSC_MAX_SEND_FRAME = 65536 + 18;
 /** Room for the PPIs netvsc_xmit adds (hash, VLAN, checksum or LSO: 16 bytes each). */
 const MAX_PPI_BYTES = 4 * PPI_U32_RECORD_SIZE;
 const BOUNCE_PAGES = Math.ceil((RndisMessageSize.Packet + MAX_PPI_BYTES + NETVSC_MAX_SEND_FRAME) / PAGE_SIZE);
+/** Linux's NVSP_RSC_MAX: most fragments of one coalesced segment. */
+export const NVSP_RSC_MAX = 562;
+/** Largest coalesced segment taken: a 64 KiB IP packet with Ethernet and a VLAN tag. */
+const MAX_COALESCED_FRAME = 0xffff + 18;
 const SLOT_FREE = 0;
 const SLOT_SECTION = 1;
 const SLOT_BOUNCE = 2;
@@ -48,6 +55,8 @@ export type ControlHandler = (bytes: Uint8Array, offset: number, length: number)
 export interface DatapathStats {
   txFrames: number; txSection: number; txBounce: number; txBusy: number; txDropped: number; txCompletions: number;
   rxPackets: number; rxFrames: number; rxBadRanges: number; rxBadMessages: number; strayCompletions: number;
+  /** Of rxFrames: coalesced segments joined from RSC fragments; and segments dropped unfinished or malformed. */
+  rxCoalesced: number; rxCoalesceDropped: number;
 }
 
 const scratchParsed = new ParsedPacket();
@@ -106,6 +115,17 @@ export function applyRxChecksum(info: PacketInfo, frame: Uint8Array, offset: num
   out.checksumValid = (v & (RxChecksum.TcpSucceeded | RxChecksum.UdpSucceeded)) !== 0;
 }
 
+function copyPacketInfo(from: PacketInfo, to: PacketInfo): void {
+  to.hasChecksum = from.hasChecksum;
+  to.checksum = from.checksum;
+  to.hasLso = from.hasLso;
+  to.lso = from.lso;
+  to.hasVlan = from.hasVlan;
+  to.vlan = from.vlan;
+  to.hasHash = from.hasHash;
+  to.hash = from.hash;
+}
+
 export interface DatapathOptions {
   memory: GuestMemory;
   allocator: PageAllocator;
@@ -138,7 +158,7 @@ class Queue {
 }
 
 export class NetvscDatapath {
-  readonly stats: DatapathStats = { txFrames: 0, txSection: 0, txBounce: 0, txBusy: 0, txDropped: 0, txCompletions: 0, rxPackets: 0, rxFrames: 0, rxBadRanges: 0, rxBadMessages: 0, strayCompletions: 0 };
+  readonly stats: DatapathStats = { txFrames: 0, txSection: 0, txBounce: 0, txBusy: 0, txDropped: 0, txCompletions: 0, rxPackets: 0, rxFrames: 0, rxBadRanges: 0, rxBadMessages: 0, strayCompletions: 0, rxCoalesced: 0, rxCoalesceDropped: 0 };
   /** The host's SEND_INDIRECTION_TABLE (queue per hash bucket), if it sent one. */
   readonly sendTable = new Uint32Array(VRSS_SEND_TABLE_SIZE);
   private readonly queues: (Queue | null)[] = [];
@@ -155,6 +175,11 @@ export class NetvscDatapath {
   private readonly tpHeader = new TransferPageHeader();
   private readonly rxInfo = new PacketInfo();
   private readonly rxOffload = new PacketOffload();
+  /** The coalesced segment being joined: its bytes, its fragment count (0: none) and its first fragment's PPIs. */
+  private readonly coalesced = new Uint8Array(MAX_COALESCED_FRAME);
+  private coalescedLength = 0;
+  private coalescedCount = 0;
+  private readonly coalescedInfo = new PacketInfo();
   private readonly controlPfn: number;
   private closed = false;
 
@@ -372,10 +397,14 @@ export class NetvscDatapath {
         const r = tp.ranges[i]!;
         if (r.byteCount > limit || r.byteOffset > limit - r.byteCount || r.byteCount > rx.subAllocSize) {
           this.stats.rxBadRanges++;
+          this.dropCoalesced();
           status = NvspStatus.Fail;
           continue;
         }
-        this.onMessage(queue, bytes, r.byteOffset, r.byteCount);
+        if (!this.onMessage(queue, bytes, r.byteOffset, r.byteCount, i === tp.count - 1)) {
+          this.dropCoalesced();
+          status = NvspStatus.Fail;
+        }
       }
     }
     // The completion hands the sections back to the host: {108, status}, the transaction id echoed.
@@ -384,22 +413,67 @@ export class NetvscDatapath {
     q.port.send(this.completionOut, txid as number, PacketType.Completion, 0);
   }
 
-  private onMessage(queue: number, bytes: Uint8Array, offset: number, length: number): void {
+  /** One RNDIS message of a receive packet; `lastInPacket`: no range follows it. False: dropped (the packet completes with a failure). */
+  private onMessage(queue: number, bytes: Uint8Array, offset: number, length: number, lastInPacket: boolean): boolean {
     const m = this.rndisDecoder.decode(bytes, offset, length, 'to-guest');
     if (m instanceof RndisError) {
       this.stats.rxBadMessages++;
-      return;
+      return false;
     }
-    if (m.kind !== 'packet') return this.o.onControl(bytes, offset, m.length);
+    if (m.kind !== 'packet') {
+      this.o.onControl(bytes, offset, m.length);
+      return true;
+    }
     const info = this.rxInfo;
     if (m.ppiLength > 0 && decodePacketInfo(bytes, m.ppiOffset, m.ppiLength, info) !== null) {
       this.stats.rxBadMessages++;
-      return;
+      return false;
     }
     if (m.ppiLength === 0) info.clear();
+    if (info.hasPacketId && (info.packetIdFlags & PacketInfoIdFlag.SubAllocation)) return this.onFragment(queue, bytes, m.dataOffset, m.dataLength, info, lastInPacket);
+    this.coalescedCount = 0;
     applyRxChecksum(info, bytes, m.dataOffset, m.dataLength, this.rxOffload);
     this.stats.rxFrames++;
     this.o.onFrame(queue, bytes, m.dataOffset, m.dataLength, this.rxOffload);
+    return true;
+  }
+
+  /**
+   * One fragment of a coalesced segment (rndis_filter_receive_data): a first fragment
+   * starts a segment, a later one needs one started, and a segment must end (last flag)
+   * within its packet. The first fragment's PPIs hold for the whole segment.
+   */
+  private onFragment(queue: number, bytes: Uint8Array, offset: number, length: number, info: PacketInfo, lastInPacket: boolean): boolean {
+    const flags = info.packetIdFlags;
+    if (flags & PacketInfoIdFlag.FirstFragment) {
+      this.coalescedCount = 0;
+      this.coalescedLength = 0;
+      copyPacketInfo(info, this.coalescedInfo);
+    } else if (this.coalescedCount === 0) {
+      this.stats.rxCoalesceDropped++;
+      return false;
+    }
+    const more = (flags & PacketInfoIdFlag.LastFragment) === 0;
+    if ((more && lastInPacket) || this.coalescedCount >= NVSP_RSC_MAX || length > MAX_COALESCED_FRAME - this.coalescedLength) {
+      this.stats.rxCoalesceDropped++;
+      return false;
+    }
+    this.coalesced.set(bytes.subarray(offset, offset + length), this.coalescedLength);
+    this.coalescedLength += length;
+    this.coalescedCount++;
+    if (more) return true;
+    const n = this.coalescedLength;
+    this.coalescedCount = 0;
+    applyRxChecksum(this.coalescedInfo, this.coalesced, 0, n, this.rxOffload);
+    this.stats.rxFrames++;
+    this.stats.rxCoalesced++;
+    this.o.onFrame(queue, this.coalesced, 0, n, this.rxOffload);
+    return true;
+  }
+
+  private dropCoalesced(): void {
+    if (this.coalescedCount > 0) this.stats.rxCoalesceDropped++;
+    this.coalescedCount = 0;
   }
 }
 

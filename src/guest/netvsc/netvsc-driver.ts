@@ -29,6 +29,13 @@ export interface NetvscOptions {
   initTimeoutMs?: number;
   maxNvspVersion?: number;
   answerKeepalive?: boolean;
+  /**
+   * Turn LRO on when the host offers RSC, as `ethtool -K <nic> lro on` does on Linux
+   * (default true). Linux lists LRO as on after probe but tells the host "off" in its
+   * bring-up; it asks for RSC on its next re-attach or an ethtool change. The reference
+   * guest does the bring-up as Linux does, then asks at once.
+   */
+  lro?: boolean;
   log?: (message: string) => void;
 }
 
@@ -101,6 +108,10 @@ export class NetvscNic extends EventEmitter<NicEvents> {
     this.info = await this.rndis.bringUp(session.version, this.options.mtu ?? 1500);
     this.linkUp = this.info.linkUp;
     await this.rndis.setPacketFilter();
+    if (this.info.offloads.lro && (this.options.lro ?? true)) {
+      const status = await this.rndis.setLro(true, session.version);
+      if (status !== 0) this.options.log?.(`netvsc ${this.name}: the host refused LRO: 0x${status.toString(16)}`);
+    }
     this.wantedQueues = Math.max(1, Math.min(this.info.rssQueues, this.vpCount, this.options.maxQueues ?? NETVSC_DEFAULT_MAX_CHANNELS, 64));
   }
 

@@ -3,6 +3,8 @@
 // (the kernel receives them on that interface) with a vnet header built from the RX
 // checksum PPI (DATA_VALID), and frames the kernel transmits on the TAP are read (with
 // their vnet header: NEEDS_CSUM -> checksum PPI, GSO -> LSO PPI) and sent by the NIC.
+// A coalesced TCP segment (RSC: longer than an MTU frame) goes in as what it is, a GSO
+// frame with a partial checksum, as Linux's own stack holds an LRO or GRO segment.
 // Link state follows the NIC (TUNSETCARRIER), the MTU and MAC come from the device.
 import type { Poller } from '../../sys/epoll.js';
 import { Errno } from '../../sys/errors.js';
@@ -10,10 +12,13 @@ import { mapAnonymous, munmap, viewOf } from '../../sys/memfd.js';
 import { moveLinkToNetns, setLinkMtu, setLinkUp } from '../../sys/netns.js';
 import { TapDevice, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 } from '../../sys/tun.js';
 import { PacketOffload, type GsoKind } from '../../backends/net/net-backend.js';
+import { foldSum, l4PseudoHeaderSum } from '../../backends/net/inet-checksum.js';
+import { PacketKind, ParsedPacket, parsePacket } from '../../backends/net/packet-parse.js';
 import { decodeVirtioNetHeader, encodeVirtioNetHeader, VIRTIO_NET_HDR_V1_BYTES, VirtioGso, VirtioNetFlag, VirtioNetHeader } from '../../backends/net/virtio-net-header.js';
 import type { NetvscNic } from './netvsc-driver.js';
 
 const BUFFER_BYTES = 128 * 1024;
+const ETH_HLEN = 14;
 const READ_BATCH = 64;
 
 export interface NicTapOptions {
@@ -29,7 +34,7 @@ export interface NicTapOptions {
 
 export class NicTap {
   readonly tap: TapDevice;
-  readonly stats = { toTap: 0, fromTap: 0, dropped: 0, busy: 0 };
+  readonly stats = { toTap: 0, fromTap: 0, dropped: 0, busy: 0, coalescedToTap: 0 };
   private readonly nic: NetvscNic;
   private readonly poller: Poller;
   private readonly rxAddress: bigint; // frames read from the TAP
@@ -40,6 +45,7 @@ export class NicTap {
   private readonly txBytes: Uint8Array;
   private readonly header = new VirtioNetHeader();
   private readonly offload = new PacketOffload();
+  private readonly parsed = new ParsedPacket();
   private token: number | null = null;
   private closed = false;
   private readonly onLink = (up: boolean) => { if (!this.closed) this.tap.setCarrier(up); };
@@ -84,12 +90,42 @@ export class NicTap {
     const hb = VIRTIO_NET_HDR_V1_BYTES;
     if (this.closed || length + hb > BUFFER_BYTES) return void this.stats.dropped++;
     const h = this.header.clear();
-    if (offload.checksumValid) h.flags = VirtioNetFlag.DataValid;
-    if (encodeVirtioNetHeader(h, this.txView, 0, hb, length) !== null) return void this.stats.dropped++;
     this.txBytes.set(frame.subarray(offset, offset + length), hb);
+    if (length > this.nic.mtu + ETH_HLEN && offload.checksumValid) {
+      if (!this.describeCoalesced(length, h)) return void this.stats.dropped++;
+    } else if (offload.checksumValid) h.flags = VirtioNetFlag.DataValid;
+    if (encodeVirtioNetHeader(h, this.txView, 0, hb, length) !== null) return void this.stats.dropped++;
     const n = this.tap.write(Number(this.txAddress), hb + length);
     if (n < 0) this.stats.dropped++;
-    else this.stats.toTap++;
+    else {
+      this.stats.toTap++;
+      if (h.gsoType !== VirtioGso.None) this.stats.coalescedToTap++;
+    }
+  }
+
+  /**
+   * A verified TCP segment longer than the MTU (RSC joined it): GSO with the MSS the MTU
+   * gives this connection's headers, and a partial checksum (the field set to the
+   * pseudo-header sum), which the kernel takes as good on local delivery and can finish
+   * if it forwards the segment. False: not a TCP segment, which an MTU-bound link drops.
+   */
+  private describeCoalesced(length: number, h: VirtioNetHeader): boolean {
+    const hb = VIRTIO_NET_HDR_V1_BYTES;
+    const p = this.parsed;
+    if (parsePacket(this.txBytes, hb, length, p) !== PacketKind.Tcp || p.isFragment || p.l3Offset !== ETH_HLEN) return false;
+    const mss = this.nic.mtu + ETH_HLEN - p.payloadOffset;
+    if (mss <= 0) return false;
+    const sum = foldSum(l4PseudoHeaderSum(this.txBytes, hb, p));
+    const field = hb + p.l4Offset + 16;
+    this.txBytes[field] = sum >> 8;
+    this.txBytes[field + 1] = sum & 0xff;
+    h.flags = VirtioNetFlag.NeedsChecksum;
+    h.csumStart = p.l4Offset;
+    h.csumOffset = 16;
+    h.gsoType = p.ipVersion === 4 ? VirtioGso.TcpV4 : VirtioGso.TcpV6;
+    h.gsoSize = mss;
+    h.hdrLen = p.payloadOffset;
+    return true;
   }
 
   /** Frames the kernel transmits: to the NIC. Backpressure leaves them queued in the TAP. */

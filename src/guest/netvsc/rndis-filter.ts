@@ -53,6 +53,8 @@ export interface NetvscOffloads {
   txChecksumTcp4: boolean; txChecksumUdp4: boolean; tso4: boolean;
   txChecksumTcp6: boolean; txChecksumUdp6: boolean; tso6: boolean;
   gsoMaxSize: number;
+  /** The host offers RSC on both IP versions: Linux lists LRO among the NIC's features. */
+  lro: boolean;
 }
 
 export interface RndisDeviceInfo {
@@ -189,7 +191,7 @@ export class RndisFilter {
     const info: RndisDeviceInfo = {
       mac: new Uint8Array(6), mtu, friendlyName: null, linkUp: true, linkSpeed: 0, rssQueues: 1, rssTableEntries: 0,
       maxPacketsPerMessage, packetAlignmentFactor,
-      offloads: { txChecksumTcp4: false, txChecksumUdp4: false, tso4: false, txChecksumTcp6: false, txChecksumUdp6: false, tso6: false, gsoMaxSize: 0 },
+      offloads: { txChecksumTcp4: false, txChecksumUdp4: false, tso4: false, txChecksumTcp6: false, txChecksumUdp6: false, tso6: false, gsoMaxSize: 0, lro: false },
     };
     const frame = await this.query(Oid.GEN_MAXIMUM_FRAME_SIZE);
     if (frame.status === NdisStatus.Success && frame.info.length === 4) {
@@ -247,6 +249,18 @@ export class RndisFilter {
     if (status !== NdisStatus.Success) throw new Error(`RNDIS: SET offload parameters failed: 0x${status.toString(16)}`);
   }
 
+  /**
+   * netvsc_set_features on an LRO change (`ethtool -K lro on|off`): an offload-parameters
+   * structure with only the two RSC fields set, every other field 0 = no change.
+   */
+  async setLro(on: boolean, nvspVersion: number): Promise<number> {
+    const extlen = nvspVersion <= NvspVersion.V4 ? NDIS_OFFLOAD_PARAMETERS_SIZE_V4 : NDIS_OFFLOAD_PARAMETERS_SIZE;
+    const value = new Uint8Array(extlen);
+    const rsc = on ? 2 : 1;
+    encodeNdisOffloadParameters(value, 0, { ...NO_CHANGE_PARAMETERS, rscIpv4: rsc, rscIpv6: rsc }, extlen);
+    return this.set(Oid.TCP_OFFLOAD_PARAMETERS, value);
+  }
+
   /** rndis_filter_set_packet_filter (netvsc_set_rx_mode): status ignored, as Linux does. */
   async setPacketFilter(filter: number = NETVSC_DEFAULT_PACKET_FILTER): Promise<number> {
     const v = new Uint8Array(4);
@@ -266,18 +280,21 @@ export class RndisFilter {
   }
 }
 
+/** An NDIS_OFFLOAD_PARAMETERS that changes nothing (every field 0). */
+const NO_CHANGE_PARAMETERS = {
+  ipv4Checksum: 0, tcpIpv4Checksum: 0, udpIpv4Checksum: 0, tcpIpv6Checksum: 0, udpIpv6Checksum: 0, lsoV1: 0, ipsecV1: 0,
+  lsoV2Ipv4: 0, lsoV2Ipv6: 0, tcpConnectionIpv4: 0, tcpConnectionIpv6: 0, flags: 0, ipsecV2: 0, ipsecV2Ipv4: 0,
+  rscIpv4: 0, rscIpv6: 0, encapsulatedPacketTaskOffload: 0, encapsulationTypes: 0,
+};
+
 /** The NDIS_OFFLOAD_PARAMETERS Linux sets for the host's capabilities (rndis_netdev_set_hwcaps). */
 export function linuxOffloadParameters(caps: DecodedNdisOffload, nvspVersion: number): { params: Parameters<typeof encodeNdisOffloadParameters>[2]; offloads: NetvscOffloads } {
   const C = ChecksumCapability;
   const ENABLED_TX_RX = 4;
   const DISABLED = 1;
   const LSO_ENABLED = 2;
-  const params = {
-    ipv4Checksum: DISABLED, tcpIpv4Checksum: 0, udpIpv4Checksum: 0, tcpIpv6Checksum: 0, udpIpv6Checksum: 0, lsoV1: 0, ipsecV1: 0,
-    lsoV2Ipv4: 0, lsoV2Ipv6: 0, tcpConnectionIpv4: 0, tcpConnectionIpv6: 0, flags: 0, ipsecV2: 0, ipsecV2Ipv4: 0,
-    rscIpv4: 0, rscIpv6: 0, encapsulatedPacketTaskOffload: 0, encapsulationTypes: 0,
-  };
-  const o: NetvscOffloads = { txChecksumTcp4: false, txChecksumUdp4: false, tso4: false, txChecksumTcp6: false, txChecksumUdp6: false, tso6: false, gsoMaxSize: 65536 };
+  const params = { ...NO_CHANGE_PARAMETERS, ipv4Checksum: DISABLED };
+  const o: NetvscOffloads = { txChecksumTcp4: false, txChecksumUdp4: false, tso4: false, txChecksumTcp6: false, txChecksumUdp6: false, tso6: false, gsoMaxSize: 65536, lro: false };
   const ALL_TCP4 = C.TcpOptions | C.Tcp;
   const ALL_TCP6 = C.IpOptions | C.TcpOptions | C.Tcp;
   if ((caps.ipv4TxFlags & ALL_TCP4) === ALL_TCP4) {
@@ -308,7 +325,8 @@ export function linuxOffloadParameters(caps: DecodedNdisOffload, nvspVersion: nu
     }
   }
   if (caps.rscIpv4 && caps.rscIpv6) {
-    // LRO is off by default in Linux: tell the host so.
+    o.lro = true;
+    // At probe time the netdev's features are still empty, so Linux tells the host off.
     params.rscIpv4 = DISABLED;
     params.rscIpv6 = DISABLED;
   }
