@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import fc from 'fast-check';
 import { PacketOffload, type NetBackend, type NetBackendStats, type NetFrame, type ReceiveHandler } from '../src/backends/net/net-backend.js';
-import { verifyIpv4HeaderChecksum, onesSum, foldSum, pseudoHeaderSumIpv4 } from '../src/backends/net/inet-checksum.js';
+import { verifyIpv4HeaderChecksum, onesSum, foldSum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6, fillIpv4HeaderChecksum } from '../src/backends/net/inet-checksum.js';
 import { ParsedPacket, parsePacket } from '../src/backends/net/packet-parse.js';
 import type { GpaRange } from '../src/memory/gpa-range.js';
 import { GuestMemory } from '../src/memory/guest-memory.js';
@@ -17,11 +17,11 @@ import { Poller } from '../src/sys/epoll.js';
 import { decodeTransferPageHeader, encodeGpaDirectHeader, gpaDirectHeaderSize, PacketType, TransferPageHeader } from '../src/vmbus/packet.js';
 import { RingWord } from '../src/vmbus/ring/ring-memory.js';
 import { NetvspDevice, type NetvspOptions } from '../src/devices/netvsp/netvsp-device.js';
-import { ReceiveBuffer, receiveSubAllocationSize } from '../src/devices/netvsp/receive-buffer.js';
+import { coalescedFragmentCount, MAX_COALESCED_FRAME, ReceiveBuffer, receiveSubAllocationSize } from '../src/devices/netvsp/receive-buffer.js';
 import { encodeNdisOffloadParameters, encodeRssParameters, LINUX_RSS_HASH_INFO, RssParameterFlag } from '../src/devices/netvsp/ndis-offload.js';
 import { NETVSC_CLASS_ID, NvspMessageType, NvspStatus } from '../src/devices/netvsp/nvsp-protocol.js';
 import { Oid } from '../src/devices/netvsp/rndis-oids.js';
-import { lsoV2Info, PpiType, PacketInfo, decodePacketInfo, RxChecksum, TxChecksum, txChecksumInfo, writeU32Ppi, LsoIpVersion } from '../src/devices/netvsp/per-packet-info.js';
+import { lsoV2Info, PpiType, PacketInfo, PacketInfoIdFlag, decodePacketInfo, RxChecksum, TxChecksum, txChecksumInfo, writeU32Ppi, LsoIpVersion } from '../src/devices/netvsp/per-packet-info.js';
 import {
   decodeRndisMessage,
   encodeRndisInitialize,
@@ -308,7 +308,7 @@ function u32Bytes(v: number): Uint8Array {
 }
 
 /** The NVSP part of Linux's bring-up (spec 2.2 steps 1-5). */
-async function nvspBringUp(rig: Rig, receivePages = 64, sendPages = 16): Promise<void> {
+async function nvspBringUp(rig: Rig, receivePages = 64, sendPages = 16, ndisCapabilities = 0x08 | 0x04 | 0x20 | 0x80): Promise<void> {
   const g = rig.guest;
   // Highest first; one the host does not know is refused and the guest tries the next.
   const refused = await request(rig, g, nvsp(NvspMessageType.Init, 0x70000, 0x70000));
@@ -318,7 +318,7 @@ async function nvspBringUp(rig: Rig, receivePages = 64, sendPages = 16): Promise
   assert.equal(init.length, 40, 'full-size completion');
   assert.equal(u32(init, 12), NvspStatus.Success);
   assert.equal(u32(init, 8), 34);
-  g.send(PacketType.DataInband, rig.tid++, nvsp(NvspMessageType.SendNdisConfig, 1514, 0, 0x08 | 0x04 | 0x20 | 0x80), null, 0);
+  g.send(PacketType.DataInband, rig.tid++, nvsp(NvspMessageType.SendNdisConfig, 1514, 0, ndisCapabilities), null, 0);
   g.send(PacketType.DataInband, rig.tid++, nvsp(NvspMessageType.SendNdisVersion, 6, 30), null, 0);
   const rfirst = allocPages(receivePages);
   rig.gpadls.set(0x100, [{ byteCount: receivePages * PAGE_SIZE, byteOffset: 0, pfns: Array.from({ length: receivePages }, (_, i) => rfirst + i) }]);
@@ -346,8 +346,8 @@ async function nvspBringUp(rig: Rig, receivePages = 64, sendPages = 16): Promise
 }
 
 /** NVSP, RNDIS INIT and packet filter: a NIC ready to carry frames. */
-async function bringUp(rig: Rig, receivePages = 64): Promise<void> {
-  await nvspBringUp(rig, receivePages);
+async function bringUp(rig: Rig, receivePages = 64, ndisCapabilities?: number): Promise<void> {
+  await nvspBringUp(rig, receivePages, 16, ndisCapabilities);
   const b = new Uint8Array(24);
   encodeRndisInitialize(b, 0, requestId++, 0x4000);
   const m = await control(rig, b);
@@ -382,6 +382,132 @@ describe('receive buffer allocator', () => {
     const jumbo = receiveSubAllocationSize(9000);
     assert.ok(jumbo >= 44 + 48 + 9000 + 18);
     assert.equal(jumbo % 8, 0);
+  });
+
+  // RSC chains the sub-allocations of one packet so that one guest completion frees them
+  // all. A mistake here hands a section to two packets at once (the guest reads one
+  // frame's bytes overwritten by another's) or lets a forged completion naming the middle
+  // of a chain free part of it while the guest still owns the rest. The model is the set
+  // of packets out, each the list of its sub-allocations, head first.
+  test('fast-check: allocate / chain / free keep every index out once, count free ones exactly, free only whole packets', () => {
+    type Op =
+      | { kind: 'alloc' }
+      | { kind: 'chain'; pick: number }
+      | { kind: 'free-head'; pick: number }
+      | { kind: 'free-member'; pick: number; at: number }
+      | { kind: 'free-any'; index: number }
+      | { kind: 'complete'; pick: number; wrongGeneration: boolean };
+    const op: fc.Arbitrary<Op> = fc.oneof(
+      fc.constant({ kind: 'alloc' as const }),
+      fc.record({ kind: fc.constant('chain' as const), pick: fc.nat() }),
+      fc.record({ kind: fc.constant('chain' as const), pick: fc.nat() }),
+      fc.record({ kind: fc.constant('free-head' as const), pick: fc.nat() }),
+      fc.record({ kind: fc.constant('free-member' as const), pick: fc.nat(), at: fc.nat() }),
+      fc.record({ kind: fc.constant('free-any' as const), index: fc.oneof(fc.integer({ min: -3, max: 20 }), fc.constantFrom(0.5, NaN, 2 ** 32)) }),
+      fc.record({ kind: fc.constant('complete' as const), pick: fc.nat(), wrongGeneration: fc.boolean() }),
+    );
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 16 }), fc.array(op, { maxLength: 200 }), (count, ops) => {
+        const rb = new ReceiveBuffer(new Uint8Array(count * 1728 + 17), 1728);
+        assert.equal(rb.count, count);
+        const packets: number[][] = [];
+        const outstanding = () => packets.reduce((n, p) => n + p.length, 0);
+        const owner = (i: number) => packets.findIndex((p) => p.includes(i));
+        const check = (what: string) => {
+          assert.equal(rb.freeCount, count - outstanding(), `freeCount after ${what}`);
+          for (let i = 0; i < count; i++) assert.equal(rb.isAllocated(i), owner(i) >= 0, `isAllocated(${i}) after ${what}`);
+        };
+        const freshIndex = (): number => {
+          const i = rb.allocate();
+          if (outstanding() === count) {
+            assert.equal(i, -1, 'nothing free: -1');
+            return -1;
+          }
+          assert.ok(Number.isInteger(i) && i >= 0 && i < count, `index ${i} in range`);
+          assert.equal(owner(i), -1, `index ${i} handed out while still outstanding`);
+          return i;
+        };
+        for (const o of ops) {
+          switch (o.kind) {
+            case 'alloc': {
+              const i = freshIndex();
+              if (i >= 0) packets.push([i]);
+              break;
+            }
+            case 'chain': {
+              if (packets.length === 0) break;
+              const p = packets[o.pick % packets.length]!;
+              const i = freshIndex();
+              if (i < 0) break;
+              rb.chain(p.at(-1)!, i);
+              p.push(i);
+              break;
+            }
+            case 'free-head': {
+              if (packets.length === 0) break;
+              const k = o.pick % packets.length;
+              const before = rb.freeCount;
+              assert.equal(rb.free(packets[k]![0]!), true, 'a head frees');
+              assert.equal(rb.freeCount, before + packets[k]!.length, 'every chained member came back');
+              packets.splice(k, 1);
+              break;
+            }
+            case 'free-member': {
+              const chained = packets.filter((p) => p.length > 1);
+              if (chained.length === 0) break;
+              const p = chained[o.pick % chained.length]!;
+              const member = p[1 + (o.at % (p.length - 1))]!;
+              const before = rb.freeCount;
+              assert.equal(rb.free(member), false, 'a chained member is not a packet');
+              assert.equal(rb.freeCount, before, 'nothing freed');
+              break;
+            }
+            case 'free-any': {
+              const k = Number.isInteger(o.index) ? packets.findIndex((p) => p[0] === o.index) : -1;
+              assert.equal(rb.free(o.index), k >= 0, `free(${o.index})`);
+              if (k >= 0) packets.splice(k, 1);
+              break;
+            }
+            case 'complete': {
+              // A completion carries the transaction id the host gave the packet's first sub-allocation.
+              if (packets.length === 0) break;
+              const k = o.pick % packets.length;
+              const id = rb.transactionIdFor(packets[k]![0]!);
+              const low = id % 2 ** 32;
+              const high = Math.floor(id / 2 ** 32);
+              assert.equal(rb.complete(low, o.wrongGeneration ? high + 1 : high), !o.wrongGeneration);
+              if (!o.wrongGeneration) {
+                packets.splice(k, 1);
+                assert.equal(rb.complete(low, high), false, 'a second completion of the same packet is stale');
+              }
+              break;
+            }
+          }
+          check(o.kind);
+        }
+        // Draining the allocator yields exactly the indices not out, each once.
+        const rest = new Set<number>();
+        for (let i = rb.allocate(); i >= 0; i = rb.allocate()) {
+          assert.ok(!rest.has(i), `index ${i} twice on the free stack`);
+          rest.add(i);
+        }
+        for (let i = 0; i < count; i++) assert.equal(rest.has(i), owner(i) < 0, `index ${i} free iff not out`);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  // The host sizes its pause threshold and its ring reservation from this count; if it
+  // undercounts, deliverCoalesced runs out of sub-allocations halfway through a segment.
+  test('coalescedFragmentCount: 40 fragments for the largest segment at 1728, one for what fits one sub-allocation', () => {
+    assert.equal(MAX_COALESCED_FRAME, 65553);
+    // First fragment: 1728 - 44 (RNDIS PACKET) - 48 (id, checksum, hash) = 1636 bytes; later: 1728 - 44 - 16 = 1668.
+    assert.equal(coalescedFragmentCount(65553, 1728), 1 + Math.ceil((65553 - 1636) / 1668));
+    assert.equal(coalescedFragmentCount(65553, 1728), 40);
+    assert.equal(coalescedFragmentCount(1636, 1728), 1);
+    assert.equal(coalescedFragmentCount(1637, 1728), 2);
+    assert.equal(coalescedFragmentCount(1636 + 1668, 1728), 2);
+    assert.equal(coalescedFragmentCount(1636 + 1668 + 1, 1728), 3);
   });
 });
 
@@ -640,6 +766,363 @@ describe('NetVSP receive', () => {
     assert.equal(rig.device.stats().nic.rxNotReady, 1);
     await new Promise((r) => setTimeout(r, 10));
     assert.equal(rig.guest.take(), null);
+  });
+});
+
+// ---- RSC toward the guest ----
+
+/** What Linux's NDIS config says at NVSP 6.1: ieee8021q | sriov | teaming | RSC. */
+const NDIS_CAPS_WITH_RSC = 0x08 | 0x04 | 0x20 | 0x80;
+
+/**
+ * An Ethernet (optionally 802.1Q-tagged) / IPv4 or IPv6 / TCP frame with `payload` bytes,
+ * shaped as a backend hands over a GSO frame: the IP length field as the sender left it
+ * (`ipLength`, default 0, which the host must rewrite), the TCP checksum field holding
+ * the pseudo-header sum (NEEDS_CSUM).
+ */
+function gsoFrame(o: { v6?: boolean; payload: number; vlan?: boolean; ipLength?: number; sport?: number }): Uint8Array {
+  const l3 = o.vlan ? 18 : 14;
+  const ipHeader = o.v6 ? 40 : 20;
+  const l4 = l3 + ipHeader;
+  const f = new Uint8Array(l4 + 20 + o.payload);
+  f.set([0x00, 0x15, 0x5d, 0x09, 0x09, 0x09], 0);
+  f.set(MAC, 6);
+  const type = o.v6 ? 0x86dd : 0x0800;
+  if (o.vlan) f.set([0x81, 0x00, 0x00, 0x07], 12);
+  f[l3 - 2] = type >> 8;
+  f[l3 - 1] = type & 0xff;
+  const ipLength = o.ipLength ?? 0;
+  if (o.v6) {
+    f[l3] = 0x60;
+    f[l3 + 4] = ipLength >> 8;
+    f[l3 + 5] = ipLength & 0xff;
+    f[l3 + 6] = 6;
+    f[l3 + 7] = 64;
+    f.set([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], l3 + 8);
+    f.set([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], l3 + 24);
+  } else {
+    f[l3] = 0x45;
+    f[l3 + 2] = ipLength >> 8;
+    f[l3 + 3] = ipLength & 0xff;
+    f[l3 + 8] = 64;
+    f[l3 + 9] = 6;
+    f.set([10, 0, 0, 1, 10, 0, 0, 2], l3 + 12);
+  }
+  const sport = o.sport ?? 40000;
+  f[l4] = sport >> 8;
+  f[l4 + 1] = sport & 0xff;
+  f[l4 + 2] = 0x14; // port 5201
+  f[l4 + 3] = 0x51;
+  f[l4 + 12] = 0x50;
+  f[l4 + 13] = 0x10;
+  const tcpLength = 20 + o.payload;
+  const pseudo = foldSum(o.v6 ? pseudoHeaderSumIpv6(f, l3, 6, tcpLength) : pseudoHeaderSumIpv4(f, l3, 6, tcpLength));
+  f[l4 + 16] = pseudo >> 8;
+  f[l4 + 17] = pseudo & 0xff;
+  for (let i = 0; i < o.payload; i++) f[l4 + 20 + i] = (i * 13 + (i >> 8)) & 0xff;
+  return f;
+}
+
+/** The frame as the guest must see it joined: the IP header describing the whole segment. */
+function wholeSegment(frame: Uint8Array, v6 = false, l3 = 14): Uint8Array {
+  const w = frame.slice();
+  const ipLength = w.length - l3;
+  if (v6) {
+    w[l3 + 4] = (ipLength - 40) >> 8;
+    w[l3 + 5] = (ipLength - 40) & 0xff;
+  } else {
+    w[l3 + 2] = ipLength >> 8;
+    w[l3 + 3] = ipLength & 0xff;
+    fillIpv4HeaderChecksum(w, l3, 20);
+  }
+  return w;
+}
+
+/** Injects a GSO frame from the backend as a TAP hands one over (partial checksum, gso_size 1448). */
+function injectGso(rig: Rig, frame: Uint8Array, v6 = false, l3 = 14): void {
+  const l4 = l3 + (v6 ? 40 : 20);
+  rig.backend.inject([frame], (o) => o.setChecksum(l4, 16).setGso(v6 ? 'tcpv6' : 'tcpv4', 1448, l4 + 20));
+}
+
+/** An NDIS_OFFLOAD_PARAMETERS SET with only the RSC fields (what Linux's LRO toggle sends); other fields 0 = no change. */
+async function setRsc(rig: Rig, v4: number, v6: number): Promise<number> {
+  const b = new Uint8Array(28);
+  encodeNdisOffloadParameters(b, 0, {
+    ipv4Checksum: 0, tcpIpv4Checksum: 0, udpIpv4Checksum: 0, tcpIpv6Checksum: 0, udpIpv6Checksum: 0, lsoV1: 0, ipsecV1: 0,
+    lsoV2Ipv4: 0, lsoV2Ipv6: 0, tcpConnectionIpv4: 0, tcpConnectionIpv6: 0, flags: 0, ipsecV2: 0, ipsecV2Ipv4: 0,
+    rscIpv4: v4, rscIpv6: v6, encapsulatedPacketTaskOffload: 0, encapsulationTypes: 0,
+  });
+  return set(rig, Oid.TCP_OFFLOAD_PARAMETERS, b);
+}
+
+interface Fragment {
+  /** The sub-allocation the range names. */
+  index: number;
+  info: PacketInfo;
+  data: Uint8Array;
+}
+
+/** A transfer-page packet of RNDIS data messages, each range checked to lie in one sub-allocation of its own. */
+function readFragments(rig: Rig, p: Packet): Fragment[] {
+  assert.equal(p.type, PacketType.DataUsingTransferPages);
+  assert.equal(p.flags & 1, 1, 'completion requested');
+  assert.equal(u32(p.payload, 0), NvspMessageType.SendRndisPacket);
+  assert.equal(u32(p.payload, 4), 0, 'data channel');
+  const h = new TransferPageHeader();
+  assert.equal(decodeTransferPageHeader(p.header, 0, p.header.length, h), 0);
+  assert.equal(h.pageSetId, 0xcafe);
+  const out: Fragment[] = [];
+  for (let i = 0; i < h.count; i++) {
+    const r = h.ranges[i]!;
+    assert.equal(r.byteOffset % rig.subAllocSize, 0, `range ${i} starts a sub-allocation`);
+    assert.ok(r.byteCount <= rig.subAllocSize, `range ${i} (${r.byteCount} bytes) fits one sub-allocation`);
+    assert.ok(r.byteOffset + r.byteCount <= rig.receiveBytes);
+    const msg = memory.bytes.slice(rig.receiveBase + r.byteOffset, rig.receiveBase + r.byteOffset + r.byteCount);
+    const m = decodeRndisMessage(msg, 0, msg.length, 'to-guest');
+    if ('isRndisError' in m || m.kind !== 'packet') throw new Error(`range ${i} is not an RNDIS PACKET`);
+    const info = new PacketInfo();
+    assert.equal(decodePacketInfo(msg, m.ppiOffset, m.ppiLength, info), null, `range ${i} PPIs decode`);
+    out.push({ index: r.byteOffset / rig.subAllocSize, info, data: msg.slice(m.dataOffset, m.dataOffset + m.dataLength) });
+  }
+  assert.equal(new Set(out.map((f) => f.index)).size, out.length, 'no sub-allocation named twice');
+  return out;
+}
+
+function join(fragments: Fragment[]): Uint8Array {
+  const out = new Uint8Array(fragments.reduce((n, f) => n + f.data.length, 0));
+  let at = 0;
+  for (const f of fragments) {
+    out.set(f.data, at);
+    at += f.data.length;
+  }
+  return out;
+}
+
+/** The PKTINFO_ID rules Linux's rndis_filter_receive_data relies on: sub-allocation on all, first on the first only, last on the last only, one id. */
+function assertFragmentIds(fragments: Fragment[]): void {
+  assert.ok(fragments.length >= 2, 'a coalesced segment spans sub-allocations');
+  const id = fragments[0]!.info.packetId;
+  fragments.forEach((f, i) => {
+    assert.ok(f.info.hasPacketId, `fragment ${i} has PKTINFO_ID`);
+    assert.equal(f.info.packetIdVersion, 1);
+    assert.equal(f.info.packetIdFlags & PacketInfoIdFlag.SubAllocation, PacketInfoIdFlag.SubAllocation, `fragment ${i}: sub-allocation`);
+    assert.equal((f.info.packetIdFlags & PacketInfoIdFlag.FirstFragment) !== 0, i === 0, `fragment ${i}: first flag`);
+    assert.equal((f.info.packetIdFlags & PacketInfoIdFlag.LastFragment) !== 0, i === fragments.length - 1, `fragment ${i}: last flag`);
+    assert.equal(f.info.packetId, id, `fragment ${i}: same pkt_id`);
+    if (i > 0) assert.ok(!f.info.hasChecksum && !f.info.hasHash, `fragment ${i}: later fragments carry the id only`);
+  });
+}
+
+/** MTU-sized segments, one single-range transfer-page packet each, until `payload` TCP bytes came: returns how many. */
+async function receiveSegments(rig: Rig, payload: number, v6 = false): Promise<number> {
+  const headers = 14 + (v6 ? 40 : 20) + 20;
+  let bytes = 0;
+  let n = 0;
+  while (bytes < payload) {
+    const r = await receive(rig);
+    const m = decodeRndisMessage(r.message, 0, r.message.length, 'to-guest');
+    if ('isRndisError' in m || m.kind !== 'packet') throw new Error('not a PACKET');
+    const info = new PacketInfo();
+    assert.equal(decodePacketInfo(r.message, m.ppiOffset, m.ppiLength, info), null);
+    assert.equal(info.hasPacketId, false, 'a segment is no RSC fragment');
+    assert.ok(m.dataLength <= 1514, `segment of ${m.dataLength} bytes fits the MTU`);
+    bytes += m.dataLength - headers;
+    n++;
+  }
+  assert.equal(bytes, payload);
+  return n;
+}
+
+describe('NetVSP receive segment coalescing (RSC)', () => {
+  // The feature itself: a guest that negotiated NVSP 6.1, said it can take RSC and
+  // turned it on must get a 64 KiB TCP segment as ONE transfer-page packet of fragments
+  // that Linux's rndis_filter_receive_data can join (it drops a segment that spans
+  // packets or whose PKTINFO_ID flags are off), with an IP header Linux accepts for the
+  // whole segment, and one completion must give every sub-allocation back (a leak here
+  // starves the receive buffer after a few hundred segments).
+  test('a 64 KiB TCP/IPv4 GSO frame arrives whole: one packet, PKTINFO_ID fragments, fixed IP header, one completion frees all', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
+    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    const free = rig.device.stats().receiveBufferFree;
+    const frame = gsoFrame({ payload: 65535 - 40 });
+    injectGso(rig, frame);
+    const p = await rig.guest.next('the coalesced segment');
+    assert.equal(rig.guest.take(), null, 'exactly one transfer-page packet');
+    const fragments = readFragments(rig, p);
+    assertFragmentIds(fragments);
+    assert.equal(fragments.length, coalescedFragmentCount(frame.length, rig.subAllocSize));
+    assert.ok(fragments.every((f) => f.data.length > 0));
+    const first = fragments[0]!.info;
+    assert.ok(first.hasChecksum, 'the first fragment carries the checksum verdict');
+    assert.equal(first.checksum & (RxChecksum.TcpSucceeded | RxChecksum.IpSucceeded), RxChecksum.TcpSucceeded | RxChecksum.IpSucceeded);
+    assert.equal(first.checksum & (RxChecksum.TcpFailed | RxChecksum.IpFailed), 0);
+    assert.equal(first.hasHash, false, 'no hash PPI without RSS');
+    const joined = join(fragments);
+    const want = wholeSegment(frame);
+    assert.equal(joined.length, frame.length);
+    assert.equal((joined[16]! << 8) | joined[17]!, 65535, 'IPv4 total length = the whole IP packet');
+    assert.ok(verifyIpv4HeaderChecksum(joined, 14, 20), 'valid IPv4 header checksum');
+    assert.ok(Buffer.from(joined).equals(Buffer.from(want)), 'the joined payloads are the frame');
+    assert.equal(rig.device.stats().receiveBufferFree, free - fragments.length);
+    const ch = rig.device.stats().channels[0]!;
+    assert.equal(ch.rxCoalesced, 1);
+    assert.equal(ch.rxFrames, 1);
+    // A forged completion naming a sub-allocation in the middle of the chain frees nothing.
+    const generation = p.transactionId >> 32n;
+    const bad = ch.badCompletions;
+    completeReceive(rig.guest, (generation << 32n) | BigInt(fragments[5]!.index));
+    await waitFor(() => rig.device.stats().channels[0]!.badCompletions === bad + 1, 'the forged completion to be refused');
+    assert.equal(rig.device.stats().receiveBufferFree, free - fragments.length);
+    // The real one frees the whole chain.
+    completeReceive(rig.guest, p.transactionId);
+    await waitFor(() => rig.device.stats().receiveBufferFree === free, 'every sub-allocation of the segment to be freed');
+    // Once only: the same completion again is stale.
+    completeReceive(rig.guest, p.transactionId);
+    await waitFor(() => rig.device.stats().channels[0]!.badCompletions === bad + 2, 'the repeated completion to be refused');
+    assert.equal(rig.device.stats().receiveBufferFree, free);
+    assert.equal(rig.device.stats().nic.rxBadGso, 0);
+    assert.equal(rig.guest.failures.length, 0);
+  });
+
+  // The RSS hash goes on the first fragment only (Linux applies the first fragment's PPIs
+  // to the segment), and with three PPIs there coalescedFragmentCount is exact: this is
+  // the count the host reserves ring space and pauses the backend for, on the largest
+  // segment it accepts (65535-byte IP packet behind a VLAN tag = 65553 bytes).
+  test('with RSS the first fragment carries the hash; a 65553-byte tagged segment takes coalescedFragmentCount(65553, 1728) = 40 fragments', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    const on = new Uint8Array(40 + 64 + 40);
+    encodeRssParameters(on, 0, 0, LINUX_RSS_HASH_INFO, new Array(16).fill(0), [...MICROSOFT_RSS_KEY]);
+    assert.equal(await set(rig, Oid.GEN_RECEIVE_SCALE_PARAMETERS, on), NdisStatus.Success);
+    assert.equal(await setRsc(rig, 2, 0), NdisStatus.Success);
+    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    assert.equal(rig.subAllocSize, 1728);
+    const frame = gsoFrame({ payload: 65535 - 40, vlan: true });
+    assert.equal(frame.length, MAX_COALESCED_FRAME);
+    injectGso(rig, frame, false, 18);
+    const p = await rig.guest.next('the coalesced segment');
+    assert.equal(rig.guest.take(), null, 'exactly one transfer-page packet');
+    const fragments = readFragments(rig, p);
+    assertFragmentIds(fragments);
+    assert.equal(fragments.length, coalescedFragmentCount(65553, 1728));
+    assert.equal(fragments.length, 40);
+    const want = wholeSegment(frame, false, 18);
+    assert.ok(Buffer.from(join(fragments)).equals(Buffer.from(want)));
+    const parsed = new ParsedPacket();
+    parsePacket(want, 0, want.length, parsed);
+    const hash = new ToeplitzHash().hashPacket(want, 0, parsed, LINUX_RSS_HASH_INFO) >>> 0;
+    assert.ok(fragments[0]!.info.hasHash, 'the first fragment carries the hash');
+    assert.equal(fragments[0]!.info.hash, hash);
+    completeReceive(rig.guest, p.transactionId);
+  });
+
+  // Any segment length must come out as the fewest fragments that hold it, each with
+  // at least one byte: without RSS the first fragment has no hash PPI and 16 more bytes
+  // of room (once counted as if it had one, which left an empty last fragment).
+  test('no fragment is empty, whatever the segment length (without RSS)', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
+    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    const firstData = rig.subAllocSize - 44 - 32; // id and checksum PPIs
+    const laterData = rig.subAllocSize - 44 - 16; // id only
+    // Lengths at the edges of a fragment; 1636 + 1668k + 1..16 is where the 48-byte estimate overcounts.
+    for (const length of [1514 + 1, firstData + 1, 1636 + 1668 + 1, 1636 + 1668 * 30 + 1, 1636 + 1668 * 30 + 16, 1652 + 1668 * 30, 1652 + 1668 * 30 + 1, 65549]) {
+      await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+      const frame = gsoFrame({ payload: length - 54, sport: length & 0xffff });
+      injectGso(rig, frame);
+      const p = await rig.guest.next(`the segment of ${length} bytes`);
+      const fragments = readFragments(rig, p);
+      const needed = 1 + Math.ceil(Math.max(0, length - firstData) / laterData);
+      assert.deepEqual(
+        { length, fragments: fragments.length, empty: fragments.filter((f) => f.data.length === 0).length },
+        { length, fragments: needed, empty: 0 },
+      );
+      assert.ok(Buffer.from(join(fragments)).equals(Buffer.from(wholeSegment(frame))));
+      completeReceive(rig.guest, p.transactionId);
+    }
+  });
+
+  // Coalescing is opt-in: a guest that never turned RSC on (Linux with LRO off), turned
+  // it off again, or did not say it can take RSC in its NDIS config would drop (or
+  // mis-handle) fragments it does not expect. They get MTU segments as before. A SET
+  // with 0 ("no change", what Linux sends for fields it is not changing) keeps RSC on.
+  test('RSC off, turned off again (1), or never offered by the guest: MTU segments; a SET with 0 keeps it on', async () => {
+    const payload = 65535 - 40;
+    const rig = makeRig();
+    await bringUp(rig);
+    // Never turned on.
+    injectGso(rig, gsoFrame({ payload }));
+    assert.equal(await receiveSegments(rig, payload), Math.ceil(payload / 1448));
+    // On, then a SET with every field 0: still on.
+    assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
+    assert.equal(await setRsc(rig, 0, 0), NdisStatus.Success);
+    injectGso(rig, gsoFrame({ payload }));
+    const p = await rig.guest.next('the coalesced segment');
+    assertFragmentIds(readFragments(rig, p));
+    completeReceive(rig.guest, p.transactionId);
+    // Off (1 = disabled): segments again.
+    assert.equal(await setRsc(rig, 1, 1), NdisStatus.Success);
+    injectGso(rig, gsoFrame({ payload }));
+    assert.equal(await receiveSegments(rig, payload), Math.ceil(payload / 1448));
+    assert.equal(rig.device.stats().channels[0]!.rxCoalesced, 1);
+
+    // A guest whose NDIS config lacks the RSC capability bit, even if it sets RSC on.
+    const noCap = makeRig();
+    await bringUp(noCap, 64, NDIS_CAPS_WITH_RSC & ~0x80);
+    assert.equal(await setRsc(noCap, 2, 2), NdisStatus.Success);
+    injectGso(noCap, gsoFrame({ payload }));
+    assert.equal(await receiveSegments(noCap, payload), Math.ceil(payload / 1448));
+    assert.equal(noCap.device.stats().channels[0]!.rxCoalesced, 0);
+  });
+
+  // RSC is per IP version: a guest that turned it on for IPv4 only must get IPv6
+  // segments cut, and the IPv6 path (payload length, no header checksum) must be right
+  // when it is on.
+  test('TCP/IPv6: segmented with only IPv4 RSC on; whole, with the payload length fixed, once IPv6 RSC is on', async () => {
+    const payload = 30000;
+    const rig = makeRig();
+    await bringUp(rig);
+    assert.equal(await setRsc(rig, 2, 0), NdisStatus.Success);
+    const frame = gsoFrame({ v6: true, payload });
+    injectGso(rig, frame, true);
+    assert.equal(await receiveSegments(rig, payload, true), Math.ceil(payload / 1448));
+    assert.equal(rig.device.stats().channels[0]!.rxCoalesced, 0);
+    assert.equal(await setRsc(rig, 0, 2), NdisStatus.Success);
+    injectGso(rig, frame, true);
+    const p = await rig.guest.next('the coalesced IPv6 segment');
+    assert.equal(rig.guest.take(), null, 'exactly one transfer-page packet');
+    const fragments = readFragments(rig, p);
+    assertFragmentIds(fragments);
+    const joined = join(fragments);
+    assert.equal((joined[18]! << 8) | joined[19]!, 20 + payload, 'IPv6 payload length = TCP header + data');
+    assert.ok(Buffer.from(joined).equals(Buffer.from(wholeSegment(frame, true))));
+    const first = fragments[0]!.info;
+    assert.equal(first.checksum & RxChecksum.TcpSucceeded, RxChecksum.TcpSucceeded);
+    assert.equal(first.checksum & RxChecksum.IpSucceeded, 0, 'IPv6 has no header checksum to vouch for');
+    completeReceive(rig.guest, p.transactionId);
+  });
+
+  // The IPv4 total length is 16 bits: an untagged frame of more than 65549 bytes holds an
+  // IP packet longer than 65535, which no IPv4 header can describe. Coalescing it would
+  // write the length modulo 65536 (the guest's IP layer then drops a packet claiming to
+  // be 3 bytes long); it must be refused or cut instead.
+  test('an untagged TCP/IPv4 GSO frame whose IP packet exceeds 65535 bytes is never sent whole with a wrapped length', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
+    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    const frame = gsoFrame({ payload: MAX_COALESCED_FRAME - 54 }); // 65553 bytes: a 65539-byte IP packet
+    injectGso(rig, frame);
+    await new Promise((r) => setTimeout(r, 20));
+    let p: Packet | null;
+    while ((p = rig.guest.take()) !== null) {
+      const joined = join(readFragments(rig, p));
+      completeReceive(rig.guest, p.transactionId);
+      assert.equal((joined[16]! << 8) | joined[17]!, joined.length - 14, `a ${joined.length}-byte frame whose IPv4 total length is ${(joined[16]! << 8) | joined[17]!}`);
+    }
   });
 });
 

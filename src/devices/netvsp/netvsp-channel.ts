@@ -781,7 +781,8 @@ export class NetvspChannel implements ReceiveQueue {
   deliverCoalesced(frame: Uint8Array, length: number, checksum: number, hash: number): boolean {
     const rb = this.nic.receiveBuffer;
     if (rb === null || this.writer === null) return false;
-    const fragments = coalescedFragmentCount(length, rb.subAllocSize);
+    const firstPpiBytes = PPI_U32_RECORD_SIZE * (hash !== NO_HASH ? 3 : 2);
+    const fragments = coalescedFragmentCount(length, rb.subAllocSize, firstPpiBytes);
     if (fragments > MAX_COALESCED_FRAGMENTS || rb.freeCount < fragments) {
       this.stats.rxDropped++;
       return false;
@@ -799,7 +800,7 @@ export class NetvspChannel implements ReceiveQueue {
       previous = index;
       const first = i === 0;
       const last = i === fragments - 1;
-      const ppiBytes = first ? PPI_U32_RECORD_SIZE * (hash !== NO_HASH ? 3 : 2) : PPI_U32_RECORD_SIZE;
+      const ppiBytes = first ? firstPpiBytes : PPI_U32_RECORD_SIZE;
       const n = Math.min(rb.subAllocSize - header - ppiBytes, length - done);
       const at = rb.offsetOf(index);
       encodeRndisPacketHeader(buf, at, ppiBytes, n);

@@ -15,7 +15,7 @@ import { SegmentError, TcpSegmenter } from '../../backends/net/tcp-segmenter.js'
 import type { GuestMemory, PageMapping } from '../../memory/guest-memory.js';
 import { PAGE_SIZE } from '../../memory/page.js';
 import type { OpenChannel } from '../../vmbus/server/vmbus-device.js';
-import { NdisConfigCapability, NETVSC_SEND_SECTION_SIZE, NvspStatus } from './nvsp-protocol.js';
+import { NdisConfigCapability, NETVSC_SEND_SECTION_SIZE, NvspStatus, NvspVersion } from './nvsp-protocol.js';
 import { RxChecksum } from './per-packet-info.js';
 import { coalescedFragmentCount, MAX_COALESCED_FRAME, ReceiveBuffer, receiveSubAllocationSize } from './receive-buffer.js';
 import { RndisControl, type RndisDeviceInfo } from './rndis-control.js';
@@ -292,13 +292,18 @@ export class NetvspNic implements RndisDeviceInfo {
    * NVSP 6.1+), turned RSC on for the segment's IP version, and the NIC offloads at all.
    */
   private coalesces(offload: PacketOffload): boolean {
-    if ((this.ndisCapabilities & BigInt(NdisConfigCapability.Rsc)) === 0n) return false;
+    if (!this.guestTakesRsc) return false;
     return offload.gso === 'tcpv4' ? this.rndis.rscIpv4 : offload.gso === 'tcpv6' && this.rndis.rscIpv6;
   }
 
   /** RSC is on for at least one IP version: a received frame may take many sub-allocations. */
   get coalescing(): boolean {
-    return (this.rndis.rscIpv4 || this.rndis.rscIpv6) && (this.ndisCapabilities & BigInt(NdisConfigCapability.Rsc)) !== 0n;
+    return (this.rndis.rscIpv4 || this.rndis.rscIpv6) && this.guestTakesRsc;
+  }
+
+  /** The guest announced RSC in its NDIS config, which NVSP 6.1 introduced. */
+  private get guestTakesRsc(): boolean {
+    return this.nvspVersion >= NvspVersion.V61 && (this.ndisCapabilities & BigInt(NdisConfigCapability.Rsc)) !== 0n;
   }
 
   /**
@@ -317,6 +322,11 @@ export class NetvspNic implements RndisDeviceInfo {
       return;
     }
     const ipLength = length - p.l3Offset;
+    // The IP length fields are 16 bits: a larger segment cannot be described (a TAP never makes one).
+    if (ipLength - (v4 ? 0 : 40) > 0xffff) {
+      this.counters.rxBadGso++;
+      return;
+    }
     if (v4) {
       frame[p.l3Offset + 2] = ipLength >> 8;
       frame[p.l3Offset + 3] = ipLength & 0xff;

@@ -39,10 +39,11 @@ export const COALESCED_FIRST_PPI_BYTES = 3 * PPI_U32_RECORD_SIZE;
 
 /**
  * Sub-allocations a coalesced segment of `frameLength` bytes takes: each fragment is an
- * RNDIS PACKET header, its PPIs and as much of the frame as fits after them.
+ * RNDIS PACKET header, its PPIs and as much of the frame as fits after them. The first
+ * fragment's PPIs are `firstPpiBytes` (two records without an RSS hash, three with).
  */
-export function coalescedFragmentCount(frameLength: number, subAllocSize: number): number {
-  const first = subAllocSize - RndisMessageSize.Packet - COALESCED_FIRST_PPI_BYTES;
+export function coalescedFragmentCount(frameLength: number, subAllocSize: number, firstPpiBytes = COALESCED_FIRST_PPI_BYTES): number {
+  const first = subAllocSize - RndisMessageSize.Packet - firstPpiBytes;
   if (frameLength <= first) return 1;
   const later = subAllocSize - RndisMessageSize.Packet - PPI_U32_RECORD_SIZE;
   return 1 + Math.ceil((frameLength - first) / later);

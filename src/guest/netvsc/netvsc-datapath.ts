@@ -55,6 +55,20 @@ const SLOT_CONTROL = 3;
 
 /** A received frame: frame[offset, offset+length) is valid only during the call. */
 export type FrameHandler = (queue: number, frame: Uint8Array, offset: number, length: number, offload: PacketOffload) => void;
+/**
+ * A coalesced segment left where it arrived: `count` fragments at bytes[offsets[i],
+ * offsets[i]+lengths[i]) of the receive buffer, whose native address is `address` (NaN
+ * when unknown). Valid only during the call.
+ */
+export class CoalescedSegment {
+  count = 0;
+  length = 0;
+  address = Number.NaN;
+  readonly offsets = new Int32Array(NVSP_RSC_MAX);
+  readonly lengths = new Int32Array(NVSP_RSC_MAX);
+}
+/** Takes a coalesced segment without copying it; false: not taken (the data path joins it and calls the FrameHandler). */
+export type SegmentHandler = (queue: number, bytes: Uint8Array, segment: CoalescedSegment, offload: PacketOffload) => boolean;
 /** An RNDIS control message (completion or indication) at bytes[offset, offset+length). */
 export type ControlHandler = (bytes: Uint8Array, offset: number, length: number) => void;
 
@@ -141,6 +155,7 @@ export interface DatapathOptions {
   /** Outstanding sends per queue. */
   slotsPerQueue?: number;
   onFrame: FrameHandler;
+  onSegment?: SegmentHandler;
   onControl: ControlHandler;
   /** An NVSP completion that is not a send completion (init replies): the handshake's. */
   onInitCompletion: (payload: Uint8Array) => boolean;
@@ -182,11 +197,11 @@ export class NetvscDatapath {
   private readonly tpHeader = new TransferPageHeader();
   private readonly rxInfo = new PacketInfo();
   private readonly rxOffload = new PacketOffload();
-  /** The coalesced segment being joined: its bytes, its fragment count (0: none) and its first fragment's PPIs. */
-  private readonly coalesced = new Uint8Array(MAX_COALESCED_FRAME);
-  private coalescedLength = 0;
-  private coalescedCount = 0;
+  /** The coalesced segment being gathered (count 0: none) and its first fragment's PPIs. */
+  private readonly segment = new CoalescedSegment();
   private readonly coalescedInfo = new PacketInfo();
+  /** Where a segment is joined for a receiver that takes only contiguous frames. */
+  private joined: Uint8Array | null = null;
   private readonly controlPfn: number;
   private closed = false;
 
@@ -439,7 +454,7 @@ export class NetvscDatapath {
     }
     if (m.ppiLength === 0) info.clear();
     if (info.hasPacketId && (info.packetIdFlags & PacketInfoIdFlag.SubAllocation)) return this.onFragment(queue, bytes, m.dataOffset, m.dataLength, info, lastInPacket);
-    this.coalescedCount = 0;
+    this.segment.count = 0;
     applyRxChecksum(info, bytes, m.dataOffset, m.dataLength, this.rxOffload);
     this.stats.rxFrames++;
     this.o.onFrame(queue, bytes, m.dataOffset, m.dataLength, this.rxOffload);
@@ -453,35 +468,50 @@ export class NetvscDatapath {
    */
   private onFragment(queue: number, bytes: Uint8Array, offset: number, length: number, info: PacketInfo, lastInPacket: boolean): boolean {
     const flags = info.packetIdFlags;
+    const g = this.segment;
     if (flags & PacketInfoIdFlag.FirstFragment) {
-      this.coalescedCount = 0;
-      this.coalescedLength = 0;
+      g.count = 0;
+      g.length = 0;
       copyPacketInfo(info, this.coalescedInfo);
-    } else if (this.coalescedCount === 0) {
+    } else if (g.count === 0) {
       this.stats.rxCoalesceDropped++;
       return false;
     }
     const more = (flags & PacketInfoIdFlag.LastFragment) === 0;
-    if ((more && lastInPacket) || this.coalescedCount >= NVSP_RSC_MAX || length > MAX_COALESCED_FRAME - this.coalescedLength) {
+    if ((more && lastInPacket) || g.count >= NVSP_RSC_MAX || length > MAX_COALESCED_FRAME - g.length) {
       this.stats.rxCoalesceDropped++;
+      g.count = 0;
       return false;
     }
-    this.coalesced.set(bytes.subarray(offset, offset + length), this.coalescedLength);
-    this.coalescedLength += length;
-    this.coalescedCount++;
+    g.offsets[g.count] = offset;
+    g.lengths[g.count] = length;
+    g.count++;
+    g.length += length;
     if (more) return true;
-    const n = this.coalescedLength;
-    this.coalescedCount = 0;
-    applyRxChecksum(this.coalescedInfo, this.coalesced, 0, n, this.rxOffload);
     this.stats.rxFrames++;
     this.stats.rxCoalesced++;
-    this.o.onFrame(queue, this.coalesced, 0, n, this.rxOffload);
+    // The headers are in the first fragment: its checksum verdict (and IPv4 header fix) applies to the segment.
+    applyRxChecksum(this.coalescedInfo, bytes, g.offsets[0]!, g.lengths[0]!, this.rxOffload);
+    g.address = this.receiveAddress(bytes);
+    const taken = this.o.onSegment?.(queue, bytes, g, this.rxOffload) ?? false;
+    if (!taken) {
+      const joined = (this.joined ??= new Uint8Array(MAX_COALESCED_FRAME));
+      for (let i = 0, at = 0; i < g.count; at += g.lengths[i]!, i++) joined.set(bytes.subarray(g.offsets[i]!, g.offsets[i]! + g.lengths[i]!), at);
+      this.o.onFrame(queue, joined, 0, g.length, this.rxOffload);
+    }
+    g.count = 0;
     return true;
   }
 
+  /** The native address of `bytes` (the receive buffer, guest RAM), NaN if it is not a view of guest RAM. */
+  private receiveAddress(bytes: Uint8Array): number {
+    const ram = this.o.memory.bytes;
+    return bytes.buffer === ram.buffer ? Number(this.o.memory.base) + ram.byteOffset + bytes.byteOffset : Number.NaN;
+  }
+
   private dropCoalesced(): void {
-    if (this.coalescedCount > 0) this.stats.rxCoalesceDropped++;
-    this.coalescedCount = 0;
+    if (this.segment.count > 0) this.stats.rxCoalesceDropped++;
+    this.segment.count = 0;
   }
 }
 

@@ -13,7 +13,7 @@ import type { PageAllocator } from '../page-allocator.js';
 import type { GuestAttachable, GuestContext } from '../reference-guest.js';
 import type { VmbusClient } from '../vmbus-client.js';
 import type { VmbusDriver } from '../vmbus-driver.js';
-import { NetvscDatapath, type FrameHandler } from './netvsc-datapath.js';
+import { NetvscDatapath, type FrameHandler, type SegmentHandler } from './netvsc-datapath.js';
 import { NvspControl, netvscConnectVsp, releaseBuffer, requestSubchannels, type GpadlService, type NetvscPort, type NvspSession } from './netvsc-handshake.js';
 import { NETVSC_DEFAULT_MAX_CHANNELS, RndisFilter, type RndisDeviceInfo } from './rndis-filter.js';
 
@@ -56,6 +56,8 @@ export class NetvscNic extends EventEmitter<NicEvents> {
   queues = 1;
   /** The receiver of frames (the TAP surfacing, a test); default: emit 'frame'. */
   onFrame: FrameHandler = (q, f, o, l, off) => this.emit('frame', q, f, o, l, off);
+  /** A receiver of coalesced segments in place (the TAP surfacing); null: they come joined, through onFrame. */
+  onSegment: SegmentHandler | null = null;
   private readonly subchannelWaiters: (() => void)[] = [];
   private wantedQueues = 1;
   private openSubchannels = 0;
@@ -100,6 +102,7 @@ export class NetvscNic extends EventEmitter<NicEvents> {
     this.datapath = new NetvscDatapath({
       memory: this.memory, allocator: this.allocator, session,
       onFrame: (q, f, o, l, off) => this.onFrame(q, f, o, l, off),
+      onSegment: (q, b, g, off) => this.onSegment?.(q, b, g, off) ?? false,
       onControl: (b, o, l) => this.rndis.onControl(b, o, l),
       onInitCompletion: (p) => this.control.onCompletion(p),
       log: this.options.log,

@@ -16,6 +16,8 @@ import { foldSum, l4PseudoHeaderSum } from '../../backends/net/inet-checksum.js'
 import { PacketKind, ParsedPacket, parsePacket } from '../../backends/net/packet-parse.js';
 import { decodeVirtioNetHeader, encodeVirtioNetHeader, VIRTIO_NET_HDR_V1_BYTES, VirtioGso, VirtioNetFlag, VirtioNetHeader } from '../../backends/net/virtio-net-header.js';
 import type { NetvscNic } from './netvsc-driver.js';
+import { NVSP_RSC_MAX, type CoalescedSegment } from './netvsc-datapath.js';
+import { IovecList } from '../../sys/iovec.js';
 
 const BUFFER_BYTES = 128 * 1024;
 const ETH_HLEN = 14;
@@ -46,6 +48,8 @@ export class NicTap {
   private readonly header = new VirtioNetHeader();
   private readonly offload = new PacketOffload();
   private readonly parsed = new ParsedPacket();
+  /** The vnet header and first fragment (copied), then the other fragments in guest RAM. */
+  private readonly segmentIov = new IovecList(NVSP_RSC_MAX + 1);
   private token: number | null = null;
   private closed = false;
   private readonly onLink = (up: boolean) => { if (!this.closed) this.tap.setCarrier(up); };
@@ -77,6 +81,7 @@ export class NicTap {
     this.txView = new DataView(tx);
     this.txBytes = new Uint8Array(tx);
     this.nic.onFrame = (_q, frame, offset, length, offload) => this.toTap(frame, offset, length, offload);
+    this.nic.onSegment = (_q, bytes, segment, offload) => this.segmentToTap(bytes, segment, offload);
     this.nic.on('link', this.onLink);
     this.token = this.poller.add(this.tap.fd, this.onReadable);
   }
@@ -101,6 +106,37 @@ export class NicTap {
       this.stats.toTap++;
       if (h.gsoType !== VirtioGso.None) this.stats.coalescedToTap++;
     }
+  }
+
+  /**
+   * A coalesced segment, written from the receive buffer where its fragments lie: only
+   * the first fragment (the headers, whose TCP checksum field changes) is copied.
+   */
+  private segmentToTap(bytes: Uint8Array, g: CoalescedSegment, offload: PacketOffload): boolean {
+    const hb = VIRTIO_NET_HDR_V1_BYTES;
+    const first = g.lengths[0]!;
+    if (!Number.isFinite(g.address) || hb + first > BUFFER_BYTES) return false; // joined and sent through toTap
+    if (this.closed) return true;
+    const h = this.header.clear();
+    this.txBytes.set(bytes.subarray(g.offsets[0]!, g.offsets[0]! + first), hb);
+    let ok = true;
+    if (g.length > this.nic.mtu + ETH_HLEN && offload.checksumValid) ok = this.describeCoalesced(g.length, h);
+    else if (offload.checksumValid) h.flags = VirtioNetFlag.DataValid;
+    if (!ok || encodeVirtioNetHeader(h, this.txView, 0, hb, g.length) !== null) {
+      this.stats.dropped++;
+      return true;
+    }
+    const iov = this.segmentIov;
+    iov.clear();
+    iov.push(Number(this.txAddress), hb + first);
+    for (let i = 1; i < g.count; i++) iov.push(g.address + g.offsets[i]!, g.lengths[i]!);
+    const n = this.tap.writev(iov);
+    if (n < 0) this.stats.dropped++;
+    else {
+      this.stats.toTap++;
+      if (h.gsoType !== VirtioGso.None) this.stats.coalescedToTap++;
+    }
+    return true;
   }
 
   /**
@@ -168,6 +204,7 @@ export class NicTap {
     this.closed = true;
     this.stopReading();
     this.nic.off('link', this.onLink);
+    this.nic.onSegment = null;
     this.tap.close();
     munmap(this.rxAddress, BUFFER_BYTES);
     munmap(this.txAddress, BUFFER_BYTES);
