@@ -120,22 +120,16 @@ test('ping, iperf3 both ways, a 1 GiB transfer, MTU 9000 and link down/up betwee
     assert.ok(down.end.sum_received.bytes > 1_000_000, 'H -> G carried data');
     server2.kill();
 
+    // RSC: the host's large segments reached the guest whole, as fragments joined by netvsc.
+    const afterDown = JSON.parse((await runTool(process.execPath, [BIN, 'nics', '--json', '--api-socket', vm.api])).stdout) as { channels: { rxCoalesced: number }[] }[];
+    const coalesced = afterDown[0]!.channels.reduce((n, c) => n + c.rxCoalesced, 0);
+    assert.ok(coalesced > 0, `coalesced segments went to the guest: ${JSON.stringify(afterDown[0]!.channels)}`);
+
     step('1GiB');
-    // 1 GiB from G to H with the same SHA-256 on both ends.
-    const receiver = spawn('ip', ['netns', 'exec', h, process.execPath, '-e', `
-      const h = require('crypto').createHash('sha256'); let n = 0;
-      require('net').createServer((s) => { s.on('data', (d) => { h.update(d); n += d.length; }); s.on('end', () => { console.log(n + ' ' + h.digest('hex')); process.exit(0); }); }).listen(5201, '${hostIp}');
-    `], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let received = '';
-    receiver.stdout!.on('data', (d: Buffer) => (received += d.toString()));
-    const receiverExited = new Promise((r) => receiver.on('exit', r));
-    await new Promise((r) => setTimeout(r, 500));
-    const sent = await inNs(g, [process.execPath, '-e', `
-      const h = require('crypto').createHash('sha256'); const chunk = Buffer.alloc(1 << 20); let i = 0;
-      const s = require('net').connect(5201, '${hostIp}', () => { (function more() { while (i < 1024) { chunk.writeUInt32LE(i, 0); h.update(chunk); i++; if (!s.write(chunk)) return s.once('drain', more); } s.end(() => console.log((1024 * (1 << 20)) + ' ' + h.digest('hex'))); })(); });
-    `], 240_000);
-    await receiverExited;
-    assert.equal(received.trim(), sent.trim(), '1 GiB arrived intact');
+    // 1 GiB from G to H (LSO from the guest) and 256 MiB from H to G (RSC toward the
+    // guest), each with the same SHA-256 on both ends.
+    await checkedTransfer(g, h, hostIp, 1024, 5201);
+    await checkedTransfer(h, g, guestIp, 256, 5202);
 
     step('link');
     // Link down from the host: G's interface loses its carrier; up brings it back.
@@ -152,6 +146,24 @@ test('ping, iperf3 both ways, a 1 GiB transfer, MTU 9000 and link down/up betwee
     deleteNetns(h);
   }
 });
+
+/** Sends `mib` MiB over TCP from namespace `from` to a receiver in `to` listening on ip:port; both ends' SHA-256 must agree. */
+async function checkedTransfer(from: string, to: string, ip: string, mib: number, port: number): Promise<void> {
+  const receiver = spawn('ip', ['netns', 'exec', to, process.execPath, '-e', `
+    const h = require('crypto').createHash('sha256'); let n = 0;
+    require('net').createServer((s) => { s.on('data', (d) => { h.update(d); n += d.length; }); s.on('end', () => { console.log(n + ' ' + h.digest('hex')); process.exit(0); }); }).listen(${port}, '${ip}');
+  `], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let received = '';
+  receiver.stdout!.on('data', (d: Buffer) => (received += d.toString()));
+  const receiverExited = new Promise((r) => receiver.on('exit', r));
+  await new Promise((r) => setTimeout(r, 500));
+  const sent = await inNs(from, [process.execPath, '-e', `
+    const h = require('crypto').createHash('sha256'); const chunk = Buffer.alloc(1 << 20); let i = 0;
+    const s = require('net').connect(${port}, '${ip}', () => { (function more() { while (i < ${mib}) { chunk.writeUInt32LE(i, 0); h.update(chunk); i++; if (!s.write(chunk)) return s.once('drain', more); } s.end(() => console.log((${mib} * (1 << 20)) + ' ' + h.digest('hex'))); })(); });
+  `], 240_000);
+  await receiverExited;
+  assert.equal(received.trim(), sent.trim(), `${mib} MiB from ${from} arrived intact in ${to}`);
+}
 
 async function until(condition: () => Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

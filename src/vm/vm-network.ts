@@ -20,7 +20,7 @@ export interface AttachedNic {
   queues: number;
   linkUp: boolean;
   /** Per channel (0 = primary, then sub-channels): frames each way, for inspect and tests. */
-  channels?: { subChannelIndex: number; txFrames: number; rxFrames: number; txDropped: number; rxDropped: number }[];
+  channels?: { subChannelIndex: number; txFrames: number; rxFrames: number; rxCoalesced: number; txDropped: number; rxDropped: number }[];
   /** What the backend passed on: frames the guest sent, and those that went out as whole large segments (TSO). */
   backend?: { txFrames: number; txLargeFrames: number; txLargestFrame: number; rxFrames: number };
 }
@@ -76,7 +76,7 @@ export class VmNetwork {
   list(): AttachedNic[] {
     return this.nics.map((n) => ({
       ...n.info,
-      channels: n.device.stats().channels.map((c) => ({ subChannelIndex: c.subChannelIndex, txFrames: c.txFrames, rxFrames: c.rxFrames, txDropped: c.txDropped, rxDropped: c.rxDropped })),
+      channels: n.device.stats().channels.map((c) => ({ subChannelIndex: c.subChannelIndex, txFrames: c.txFrames, rxFrames: c.rxFrames, rxCoalesced: c.rxCoalesced, txDropped: c.txDropped, rxDropped: c.rxDropped })),
       backend: { txFrames: n.backend.stats.txFrames, txLargeFrames: n.backend.stats.txLargeFrames ?? 0, txLargestFrame: n.backend.stats.txLargestFrame ?? 0, rxFrames: n.backend.stats.rxFrames },
     }));
   }
