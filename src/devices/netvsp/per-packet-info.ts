@@ -228,6 +228,23 @@ export class PacketInfo {
   /** Records of other types (opaque). */
   otherCount = 0;
 
+  /** Takes another packet's values (what an RSC segment keeps of its first fragment). */
+  copyFrom(other: PacketInfo): void {
+    this.hasChecksum = other.hasChecksum;
+    this.checksum = other.checksum;
+    this.hasLso = other.hasLso;
+    this.lso = other.lso;
+    this.hasVlan = other.hasVlan;
+    this.vlan = other.vlan;
+    this.hasHash = other.hasHash;
+    this.hash = other.hash;
+    this.hasPacketId = other.hasPacketId;
+    this.packetIdVersion = other.packetIdVersion;
+    this.packetIdFlags = other.packetIdFlags;
+    this.packetId = other.packetId;
+    this.otherCount = other.otherCount;
+  }
+
   clear(): void {
     this.hasChecksum = this.hasLso = this.hasVlan = this.hasHash = this.hasPacketId = false;
     this.checksum = this.lso = this.vlan = this.hash = 0;

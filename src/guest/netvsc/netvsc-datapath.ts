@@ -135,17 +135,6 @@ export function applyRxChecksum(info: PacketInfo, frame: Uint8Array, offset: num
   out.checksumValid = (v & (RxChecksum.TcpSucceeded | RxChecksum.UdpSucceeded)) !== 0;
 }
 
-function copyPacketInfo(from: PacketInfo, to: PacketInfo): void {
-  to.hasChecksum = from.hasChecksum;
-  to.checksum = from.checksum;
-  to.hasLso = from.hasLso;
-  to.lso = from.lso;
-  to.hasVlan = from.hasVlan;
-  to.vlan = from.vlan;
-  to.hasHash = from.hasHash;
-  to.hash = from.hash;
-}
-
 export interface DatapathOptions {
   memory: GuestMemory;
   allocator: PageAllocator;
@@ -472,7 +461,7 @@ export class NetvscDatapath {
     if (flags & PacketInfoIdFlag.FirstFragment) {
       g.count = 0;
       g.length = 0;
-      copyPacketInfo(info, this.coalescedInfo);
+      this.coalescedInfo.copyFrom(info);
     } else if (g.count === 0) {
       this.stats.rxCoalesceDropped++;
       return false;
