@@ -560,7 +560,7 @@ describe('OIDs', () => {
 });
 
 describe('NDIS offload objects', () => {
-  test('NDIS_OFFLOAD with checksum + LSO, 156 bytes, revision 3', () => {
+  test('NDIS_OFFLOAD with checksum, LSO and RSC, 156 bytes, revision 3', () => {
     const b = new Uint8Array(156);
     assert.equal(encodeNdisOffload(b, 0, checksumAndLsoOffload()), 156);
     const expected = new Uint8Array(156);
@@ -569,6 +569,8 @@ describe('NDIS offload objects', () => {
     expected.set(bytesOf(words(2, 0x55, 2, 0x155, 2, 0x55, 2, 0x55)), 4);
     // LSOv2 @80: v4 encap 2, max 62780, min 2; v6 encap 2, max 62780, min 2, flags 5
     expected.set(bytesOf(words(2, 62780, 2, 2, 62780, 2, 5)), 80);
+    // RSC @144: IPv4 and IPv6 offered (u8 each)
+    expected.set([1, 1], 144);
     assert.equal(hex(b), hex(expected));
   });
 
