@@ -11,7 +11,7 @@ import { PacketType, encodeTransferPageHeader, transferPageHeaderSize } from '..
 import { NvspDecoder, NvspStatus, encodeNvspMessage, encodeRndisPacketMessage, isNvspError, type NvspMessage } from '../src/devices/netvsp/nvsp-protocol.js';
 import { RndisDecoder, RndisError, encodeRndisInitializeComplete, encodeRndisQueryComplete, encodeRndisSetComplete, encodeRndisPacketHeader, encodeRndisIndicateStatus, NdisStatus } from '../src/devices/netvsp/rndis-protocol.js';
 import { Oid, oidName } from '../src/devices/netvsp/rndis-oids.js';
-import { checksumAndLsoOffload, decodeNdisOffloadParameters, encodeNdisOffload, ndisOffloadSizeFor, encodeRssCapabilities, NdisObjectError, type NdisOffloadParameters } from '../src/devices/netvsp/ndis-offload.js';
+import { checksumLsoAndRscOffload, decodeNdisOffloadParameters, encodeNdisOffload, ndisOffloadSizeFor, encodeRssCapabilities, NdisObjectError, type NdisOffloadParameters } from '../src/devices/netvsp/ndis-offload.js';
 import { PacketInfoIdFlag, PpiType, RxChecksum, lsoMss, lsoTcpHeaderOffset, lsoIpVersion, txChecksumHeaderOffset, writePacketIdPpi, writeU32Ppi } from '../src/devices/netvsp/per-packet-info.js';
 import { PacketOffload } from '../src/backends/net/net-backend.js';
 import { fillIpv4HeaderChecksum, finishChecksum, onesSum } from '../src/backends/net/inet-checksum.js';
@@ -156,7 +156,7 @@ class FakeHost {
       let info: Uint8Array | null = null;
       if (m.oid === Oid.GEN_MAXIMUM_FRAME_SIZE) info = u32(1500);
       else if (m.oid === Oid['802_3_PERMANENT_ADDRESS']) info = MAC;
-      else if (m.oid === Oid.TCP_OFFLOAD_HARDWARE_CAPABILITIES) { info = new Uint8Array(ndisOffloadSizeFor(v)); encodeNdisOffload(info, 0, checksumAndLsoOffload(), info.length); }
+      else if (m.oid === Oid.TCP_OFFLOAD_HARDWARE_CAPABILITIES) { info = new Uint8Array(ndisOffloadSizeFor(v)); encodeNdisOffload(info, 0, checksumLsoAndRscOffload(), info.length); }
       else if (m.oid === Oid.GEN_MEDIA_CONNECT_STATUS) info = u32(0);
       else if (m.oid === Oid.GEN_LINK_SPEED) info = u32(100_000_000);
       else if (m.oid === Oid.GEN_RECEIVE_SCALE_CAPABILITIES) { info = new Uint8Array(18); encodeRssCapabilities(info, 0, { capabilities: 0x301, numInterruptMessages: 1, numReceiveQueues: this.rssQueues, numIndirectionEntries: 128 }); }

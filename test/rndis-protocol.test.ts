@@ -59,7 +59,7 @@ import {
 } from '../src/devices/netvsp/per-packet-info.js';
 import { LINUX_BRINGUP_OIDS, linuxMaxAnswerLength, Oid, oidName } from '../src/devices/netvsp/rndis-oids.js';
 import {
-  checksumAndLsoOffload,
+  checksumLsoAndRscOffload,
   decodeNdisOffload,
   decodeNdisOffloadParameters,
   decodeRssCapabilities,
@@ -562,7 +562,7 @@ describe('OIDs', () => {
 describe('NDIS offload objects', () => {
   test('NDIS_OFFLOAD with checksum, LSO and RSC, 156 bytes, revision 3', () => {
     const b = new Uint8Array(156);
-    assert.equal(encodeNdisOffload(b, 0, checksumAndLsoOffload()), 156);
+    assert.equal(encodeNdisOffload(b, 0, checksumLsoAndRscOffload()), 156);
     const expected = new Uint8Array(156);
     expected.set(bytesOf('a7039c00'), 0);
     // checksum block: v4 tx encap 2 / flags 0x55, rx 2 / 0x155, v6 tx 2 / 0x55, rx 2 / 0x55
@@ -579,17 +579,17 @@ describe('NDIS offload objects', () => {
     encodeNdisOffload(b, 0, noOffload());
     assert.equal(hex(b), 'a7039c00' + '00'.repeat(152));
     const c = new Uint8Array(112);
-    encodeNdisOffload(c, 0, checksumAndLsoOffload(), ndisOffloadSizeFor(0x30002));
+    encodeNdisOffload(c, 0, checksumLsoAndRscOffload(), ndisOffloadSizeFor(0x30002));
     assert.equal(hex(c.subarray(0, 4)), 'a7017000');
     const d = new Uint8Array(144);
-    encodeNdisOffload(d, 0, checksumAndLsoOffload(), ndisOffloadSizeFor(0x40000));
+    encodeNdisOffload(d, 0, checksumLsoAndRscOffload(), ndisOffloadSizeFor(0x40000));
     assert.equal(hex(d.subarray(0, 4)), 'a7029000');
     assert.equal(ndisOffloadSizeFor(0x60001), 156);
     assert.throws(() => encodeNdisOffload(b, 0, noOffload(), 100), RangeError);
   });
 
   test('NDIS_OFFLOAD round-trips and is checked as Linux checks it', () => {
-    const f = { ...checksumAndLsoOffload(), rscIpv4: 1, rscIpv6: 1 };
+    const f = { ...checksumLsoAndRscOffload(), rscIpv4: 1, rscIpv6: 1 };
     const b = new Uint8Array(156);
     encodeNdisOffload(b, 0, f);
     const d = decodeNdisOffload(b, 0, 156);

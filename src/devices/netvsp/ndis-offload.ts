@@ -114,7 +114,7 @@ export function noOffload(): NdisOffloadFields {
  * RSC on both IP versions (Hyper-V 2019 and later): Linux offers LRO for it, and a guest
  * that turns it on receives the host's large TCP segments whole, as fragments.
  */
-export function checksumAndLsoOffload(): NdisOffloadFields {
+export function checksumLsoAndRscOffload(): NdisOffloadFields {
   const C = ChecksumCapability;
   const v4 = C.IpOptions | C.TcpOptions | C.Tcp | C.Udp; // 0x055
   const v6 = C.IpOptions | C.TcpOptions | C.Tcp | C.Udp; // 0x055 (IpOptions = extension headers)

@@ -12,7 +12,7 @@
 // 6, NDIS_OFFLOAD the size of the negotiated NDIS version, RSS capabilities 18 - a longer
 // answer is a failure on the guest side (spec section 5, mistake 8).
 import {
-  checksumAndLsoOffload,
+  checksumLsoAndRscOffload,
   decodeNdisOffloadParameters,
   decodeRssParameters,
   encodeNdisOffload,
@@ -175,7 +175,7 @@ export class RndisControl {
         length = 6;
         break;
       case Oid.TCP_OFFLOAD_HARDWARE_CAPABILITIES:
-        length = encodeNdisOffload(info, 0, d.offload ? checksumAndLsoOffload() : noOffload(), ndisOffloadSizeFor(d.nvspVersion));
+        length = encodeNdisOffload(info, 0, d.offload ? checksumLsoAndRscOffload() : noOffload(), ndisOffloadSizeFor(d.nvspVersion));
         break;
       case Oid.GEN_MEDIA_CONNECT_STATUS:
         length = putU32(info, d.linkUp ? NdisMediaState.Connected : NdisMediaState.Disconnected);
