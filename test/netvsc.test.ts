@@ -114,13 +114,21 @@ class FakeHost {
         }
         const c = new Uint8Array(40);
         encodeNvspMessage({ kind: 'rndis-packet-complete', status: 1 }, c, 0);
-        this.nic.onPacket(s.queue, PacketType.Completion, s.txid, 0, new Uint8Array(0), c);
+        const complete = () => this.nic.onPacket(s.queue, PacketType.Completion, s.txid, 0, new Uint8Array(0), c);
+        if (this.holdDataCompletions && m.channelType !== 1) this.heldCompletions.push(complete);
+        else complete();
         return;
       }
       default:
     }
   }
   lastPpi = new Uint8Array(0);
+  /** Keep data send completions back (a busy host) until releaseCompletions(). */
+  holdDataCompletions = false;
+  readonly heldCompletions: (() => void)[] = [];
+  releaseCompletions(n = this.heldCompletions.length): void {
+    for (const c of this.heldCompletions.splice(0, n)) c();
+  }
 
   private rndisBytes(s: Sent, section: number, size: number): Uint8Array {
     if (section !== 0xffffffff) {
@@ -670,6 +678,45 @@ describe('netvsc RSC receive (fragments joined as rndis_filter_receive_data does
       }),
       { numRuns: 300 },
     );
+    await nic.release(true);
+  });
+});
+
+describe('netvsc send backpressure', () => {
+  // A TAP cannot un-read a frame: when the data path has no room, the frame must come
+  // back untouched (its LSO headers not yet rewritten) so the reader can hold it and
+  // send it when a completion frees room. Losing it instead cost TCP G->H 195,000
+  // retransmitted segments in 6 s of bench:network.
+  test('a frame refused for want of bounce buffers is unchanged, and goes out after onSendRoom', async () => {
+    const host = new FakeHost();
+    const nic = host.createNic();
+    await nic.start();
+    host.holdDataCompletions = true;
+    const o = () => new PacketOffload().setChecksum(34, 16).setGso('tcpv4', 1448, 54);
+    let accepted = 0;
+    for (; accepted < 100; accepted++) {
+      const f = tcpFrame(20000);
+      if (!nic.send(0, f, 0, f.length, o())) break;
+    }
+    assert.equal(accepted, 32, 'every bounce buffer of the queue was used before a refusal');
+    const refused = tcpFrame(20000);
+    const before = refused.slice();
+    const rooms: number[] = [];
+    nic.onSendRoom = (q) => rooms.push(q);
+    assert.equal(nic.send(0, refused, 0, refused.length, o()), false);
+    assert.deepEqual(refused, before, 'a refused frame is not rewritten');
+    nic.datapath!.flush();
+    await until(() => host.heldCompletions.length === 32);
+    assert.deepEqual(rooms, []);
+    host.releaseCompletions(1);
+    assert.deepEqual(rooms, [0]);
+    assert.ok(nic.send(0, refused, 0, refused.length, o()));
+    nic.datapath!.flush();
+    await until(() => host.frames.length === 33);
+    assert.equal(host.frames[32]!.length, before.length);
+    assert.deepEqual(host.frames[32]!.subarray(54), before.subarray(54), 'the held frame arrived whole');
+    host.holdDataCompletions = false;
+    host.releaseCompletions();
     await nic.release(true);
   });
 });

@@ -148,6 +148,8 @@ export interface DatapathOptions {
   onControl: ControlHandler;
   /** An NVSP completion that is not a send completion (init replies): the handshake's. */
   onInitCompletion: (payload: Uint8Array) => boolean;
+  /** A send completed on `queue`: a sender refused for want of room may try again. */
+  onSendRoom?: (queue: number) => void;
   log?: (message: string) => void;
 }
 
@@ -257,13 +259,20 @@ export class NetvscDatapath {
 
   /**
    * Sends frame[offset, offset+length) on `queue` with `offload` (checksum/GSO to leave to
-   * the host). Returns false on backpressure (no slot, section or bounce buffer: retry
-   * after completions), true when sent or dropped (counted).
+   * the host). Returns false on backpressure (no slot, section or bounce buffer: the frame
+   * is untouched; send it again after onSendRoom), true when sent or dropped (counted).
    */
   sendFrame(queue: number, frame: Uint8Array, offset: number, length: number, offload: PacketOffload): boolean {
     const q = this.queues[queue] ?? this.queues[0];
     if (!q || this.closed) return true;
     if (length < 14 || length > NETVSC_MAX_SEND_FRAME) return this.drop();
+    // Room first: encodeTxPpis rewrites LSO headers in the frame, so a refused frame must
+    // be refused before that, to come back unchanged.
+    const mayTakeSection = RndisMessageSize.Packet + MAX_PPI_BYTES + length + 8 < this.session.send.sectionSize && this.freeSectionCount > 0;
+    if (q.freeSlotCount === 0 || (!mayTakeSection && q.freeBounce.length === 0)) {
+      this.stats.txBusy++;
+      return false;
+    }
     const staging = this.staging;
     const ppiBytes = encodeTxPpis(frame, offset, length, offload, staging, RndisMessageSize.Packet);
     if (ppiBytes < 0) return this.drop();
@@ -285,9 +294,9 @@ export class NetvscDatapath {
       out.set(frame.subarray(offset, offset + length), base + RndisMessageSize.Packet + ppiBytes);
       encodeRndisPacketMessage(this.nvspOut, 0, RndisChannelType.Data, section, total);
       if (!q.port.send(this.nvspOut, slot + 1, PacketType.DataInband, PACKET_FLAG_COMPLETION_REQUESTED)) {
+        // Ring full, which the slot count makes rare; the frame was rewritten: drop it.
         this.releaseSlot(q, slot);
-        this.stats.txBusy++;
-        return false;
+        return this.drop();
       }
       this.stats.txSection++;
     } else {
@@ -312,8 +321,7 @@ export class NetvscDatapath {
       encodeRndisPacketMessage(this.nvspOut, 0, RndisChannelType.Data, NVSP_INVALID_SECTION_INDEX, 0);
       if (!q.port.send(this.nvspOut, slot + 1, PacketType.DataUsingGpaDirect, PACKET_FLAG_COMPLETION_REQUESTED, h)) {
         this.releaseSlot(q, slot);
-        this.stats.txBusy++;
-        return false;
+        return this.drop();
       }
       this.stats.txBounce++;
     }
@@ -380,6 +388,7 @@ export class NetvscDatapath {
         if (m.status !== NvspStatus.Success) this.o.log?.(`netvsc: send completed with status ${m.status}`);
         this.stats.txCompletions++;
         this.releaseSlot(q, slot);
+        this.o.onSendRoom?.(queue);
         return;
       }
       if (queue !== 0 || !this.o.onInitCompletion(payload)) this.stats.strayCompletions++;

@@ -58,6 +58,8 @@ export class NetvscNic extends EventEmitter<NicEvents> {
   onFrame: FrameHandler = (q, f, o, l, off) => this.emit('frame', q, f, o, l, off);
   /** A receiver of coalesced segments in place (the TAP surfacing); null: they come joined, through onFrame. */
   onSegment: SegmentHandler | null = null;
+  /** Called when a send completes (room for a frame send() refused); null: nobody waits. */
+  onSendRoom: ((queue: number) => void) | null = null;
   private readonly subchannelWaiters: (() => void)[] = [];
   private wantedQueues = 1;
   private openSubchannels = 0;
@@ -103,6 +105,7 @@ export class NetvscNic extends EventEmitter<NicEvents> {
       memory: this.memory, allocator: this.allocator, session,
       onFrame: (q, f, o, l, off) => this.onFrame(q, f, o, l, off),
       onSegment: (q, b, g, off) => this.onSegment?.(q, b, g, off) ?? false,
+      onSendRoom: (q) => this.onSendRoom?.(q),
       onControl: (b, o, l) => this.rndis.onControl(b, o, l),
       onInitCompletion: (p) => this.control.onCompletion(p),
       log: this.options.log,

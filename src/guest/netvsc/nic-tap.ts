@@ -82,6 +82,7 @@ export class NicTap {
     this.txBytes = new Uint8Array(tx);
     this.nic.onFrame = (_q, frame, offset, length, offload) => this.toTap(frame, offset, length, offload);
     this.nic.onSegment = (_q, bytes, segment, offload) => this.segmentToTap(bytes, segment, offload);
+    this.nic.onSendRoom = this.onSendRoom;
     this.nic.on('link', this.onLink);
     this.token = this.poller.add(this.tap.fd, this.onReadable);
   }
@@ -185,13 +186,28 @@ export class NicTap {
       if (h.gsoType !== VirtioGso.None) o.setGso(gsoKind(h.gsoType), h.gsoSize, h.hdrLen);
       // One queue for now: the stack's TX hash would pick the queue (netvsc_select_queue).
       if (!this.nic.send(0, this.rxBytes, hb, length, o)) {
-        // No send slot: this frame is lost (a TAP cannot un-read); stop until completions free room.
+        // No room to send: the frame waits where it was read (a TAP cannot un-read) and
+        // the TAP is not read until a send completes; the kernel queues behind it.
         this.stats.busy++;
+        this.heldLength = length;
+        this.stopReading();
         break;
       }
       this.stats.fromTap++;
     }
     this.nic.datapath?.flush();
+  };
+
+  /** Length of the frame in the read buffer waiting for send room; -1: none. */
+  private heldLength = -1;
+
+  private readonly onSendRoom = (): void => {
+    if (this.heldLength < 0 || this.closed) return;
+    if (!this.nic.send(0, this.rxBytes, VIRTIO_NET_HDR_V1_BYTES, this.heldLength, this.offload)) return;
+    this.heldLength = -1;
+    this.stats.fromTap++;
+    this.nic.datapath?.flush();
+    this.token = this.poller.add(this.tap.fd, this.onReadable);
   };
 
   private stopReading(): void {
@@ -205,6 +221,7 @@ export class NicTap {
     this.stopReading();
     this.nic.off('link', this.onLink);
     this.nic.onSegment = null;
+    this.nic.onSendRoom = null;
     this.tap.close();
     munmap(this.rxAddress, BUFFER_BYTES);
     munmap(this.txAddress, BUFFER_BYTES);
