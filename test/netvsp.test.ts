@@ -14,6 +14,8 @@ import type { GpaRange } from '../src/memory/gpa-range.js';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import { PAGE_SIZE } from '../src/memory/page.js';
 import { Poller } from '../src/sys/epoll.js';
+import { IovecList } from '../src/sys/iovec.js';
+import { viewOf } from '../src/sys/libc.js';
 import { decodeTransferPageHeader, encodeGpaDirectHeader, gpaDirectHeaderSize, PacketType, TransferPageHeader } from '../src/vmbus/packet.js';
 import { RingWord } from '../src/vmbus/ring/ring-memory.js';
 import { NetvspDevice, type NetvspOptions } from '../src/devices/netvsp/netvsp-device.js';
@@ -54,12 +56,20 @@ const MAC = Uint8Array.from([0x00, 0x15, 0x5d, 0x01, 0x02, 0x03]);
 
 // ---- a fake backend ----
 
+/** The bytes an iovec list names, copied out (what the kernel would read at writev). */
+function gathered(iov: IovecList): Uint8Array {
+  const out = new Uint8Array(iov.byteLength);
+  for (let i = 0, at = 0; i < iov.count; at += iov.lengthAt(i), i++) out.set(new Uint8Array(viewOf(BigInt(iov.addressAt(i)), iov.lengthAt(i))), at);
+  return out;
+}
+
 class FakeBackend implements NetBackend {
   readonly mtu = 1500;
   readonly mac = undefined;
   readonly maxSendSegments = 64;
   readonly stats: NetBackendStats = { rxFrames: 0, rxBytes: 0, rxDropped: 0, txFrames: 0, txBytes: 0, txDropped: 0 };
-  readonly sent: { frame: Uint8Array; offload: PacketOffload }[] = [];
+  /** What was sent; inPlace: handed over as an iovec list (from guest RAM) rather than a copy. */
+  readonly sent: { frame: Uint8Array; offload: PacketOffload; inPlace: boolean }[] = [];
   paused = false;
   refuse = 0;
   private handler: ReceiveHandler | null = null;
@@ -71,10 +81,9 @@ class FakeBackend implements NetBackend {
       this.refuse--;
       return false;
     }
-    assert.ok(frame instanceof Uint8Array);
     const o = new PacketOffload();
     if (offload) Object.assign(o, offload);
-    this.sent.push({ frame: Uint8Array.from(frame), offload: o });
+    this.sent.push({ frame: frame instanceof IovecList ? gathered(frame) : Uint8Array.from(frame), offload: o, inPlace: frame instanceof IovecList });
     return true;
   }
   onReceive(handler: ReceiveHandler, batchEnd?: () => void): void {
@@ -650,7 +659,36 @@ describe('NetVSP transmit', () => {
     assert.ok(verifyIpv4HeaderChecksum(s.frame, 14, 20));
     const expected = foldSum(pseudoHeaderSumIpv4(s.frame, 14, 6, frame.length - 34));
     assert.equal((s.frame[50]! << 8) | s.frame[51]!, expected);
+    // Only the headers were copied and fixed; the payload went from guest RAM in place.
+    assert.ok(s.inPlace, 'a large GPA-direct frame goes to the backend in place');
+    assert.deepEqual(s.frame.subarray(54), frame.subarray(54));
     void onesSum;
+  });
+
+  // In place needs the frame's headers within the bytes copied for parsing (512); PPIs
+  // that push the frame past them, or a VLAN tag to insert, take the copying way, with
+  // the same result.
+  test('GPA-direct frames whose headers lie past the copied bytes, or that need a VLAN tag, are copied whole and still right', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    const frame = tcpFrame({ payload: 6000 });
+    const padding: [number, number][] = Array.from({ length: 40 }, () => [PpiType.ShortPacketPadInfo, 0]);
+    const c1 = await request(rig, rig.guest, rndisPkt(0), gpaHeader([guestBytes(rndisData(frame, padding), 100)]));
+    assert.equal(u32(c1, 4), NvspStatus.Success);
+    assert.equal(rig.backend.sent[0]!.inPlace, false);
+    assert.deepEqual(rig.backend.sent[0]!.frame, frame);
+    const c2 = await request(rig, rig.guest, rndisPkt(0), gpaHeader([guestBytes(rndisData(frame, [[PpiType.Ieee8021Q, 5]]), 100)]));
+    assert.equal(u32(c2, 4), NvspStatus.Success);
+    const tagged = rig.backend.sent[1]!;
+    assert.equal(tagged.inPlace, false);
+    assert.equal(tagged.frame.length, frame.length + 4);
+    assert.deepEqual([tagged.frame[12], tagged.frame[13]], [0x81, 0x00]);
+    assert.deepEqual(tagged.frame.subarray(16), frame.subarray(12));
+    // A plain large frame on the same channel still goes in place afterwards.
+    const c3 = await request(rig, rig.guest, rndisPkt(0), gpaHeader([guestBytes(rndisData(frame), 3000)]));
+    assert.equal(u32(c3, 4), NvspStatus.Success);
+    assert.ok(rig.backend.sent[2]!.inPlace);
+    assert.deepEqual(rig.backend.sent[2]!.frame, frame);
   });
 
   test('mixed shape: RNDIS header in the section, frame bytes in GPA-direct pages', async () => {

@@ -50,6 +50,15 @@ export class IovecList {
     return true;
   }
 
+  /** Grows the last segment by `length` bytes (the caller knows the memory continues). */
+  extendLast(length: number): void {
+    const i = (this.count - 1) * 4;
+    const total = this.words[i + 2]! + this.words[i + 3]! * TWO_32 + length;
+    this.words[i + 2] = total % TWO_32;
+    this.words[i + 3] = Math.floor(total / TWO_32);
+    this.byteLength += length;
+  }
+
   addressAt(index: number): number {
     const w = this.words;
     return w[index * 4]! + w[index * 4 + 1]! * TWO_32;
@@ -62,11 +71,11 @@ export class IovecList {
 
   /**
    * Fills `target` with the sub-range [byteOffset, byteOffset + byteLength) of this list
-   * (splitting segments at the edges). Returns false if the range is out of bounds or
-   * the target is too small.
+   * (splitting segments at the edges), after what it holds with `append`. Returns false
+   * if the range is out of bounds or the target is too small.
    */
-  sliceInto(target: IovecList, byteOffset: number, byteLength: number): boolean {
-    target.clear();
+  sliceInto(target: IovecList, byteOffset: number, byteLength: number, append = false): boolean {
+    if (!append) target.clear();
     if (byteOffset < 0 || byteLength < 0 || byteOffset + byteLength > this.byteLength) return false;
     let skip = byteOffset;
     let left = byteLength;

@@ -12,11 +12,15 @@
 // is interrupted at most once per turn, and only when its ring was empty with interrupts
 // unmasked (RingWriter decides).
 //
-// Transmit copies the RNDIS bytes (send-buffer section and/or GPA-direct pages) into one
-// scratch buffer of the channel before parsing: the guest cannot change a length after it
-// was checked, and the LSO header fix-ups never write guest memory. Everything the data
-// path uses is allocated once per channel; what remains per frame are the subarray views
-// TypedArray.set and NetBackend.send need.
+// Transmit copies the RNDIS bytes into a scratch buffer of the channel before parsing, so
+// the guest cannot change a length after it was checked and the LSO header fix-ups never
+// write guest memory. A large frame (one RNDIS PACKET in GPA-direct pages, as Linux sends
+// everything that does not fit a send section) has only its first bytes copied - the
+// RNDIS header, PPIs and the frame's headers - and its payload goes to the backend in
+// place, as an iovec list over guest RAM: a guest that changes its payload meanwhile
+// only changes what it sends. Small frames (send sections, several per packet) are
+// copied whole. Everything the data path uses is allocated once per channel; what
+// remains per frame are the subarray views TypedArray.set and NetBackend.send need.
 import { PacketOffload } from '../../backends/net/net-backend.js';
 import { fillIpv4HeaderChecksum, fillPartialChecksum, foldSum, pseudoHeaderSumIpv4, pseudoHeaderSumIpv6 } from '../../backends/net/inet-checksum.js';
 import { IPPROTO_TCP, PacketKind, ParsedPacket, parsePacket } from '../../backends/net/packet-parse.js';
@@ -24,6 +28,9 @@ import type { GuestMemory } from '../../memory/guest-memory.js';
 import { rangeProblem } from '../../memory/gpa-range.js';
 import { PAGE_SIZE } from '../../memory/page.js';
 import type { Poller } from '../../sys/epoll.js';
+import { IovecList } from '../../sys/iovec.js';
+import { viewOf } from '../../sys/libc.js';
+import { mapAnonymous } from '../../sys/memfd.js';
 import {
   decodeGpaDirectHeader,
   DecodeError,
@@ -95,6 +102,12 @@ const COALESCED_RING_BYTES = ringPacketBytes(transferPageHeaderSize(MAX_COALESCE
 const MAX_TX_FRAME = 65535 + 14 + 4;
 /** RNDIS bytes of one SEND_RNDIS_PKT: a send section plus the GPA-direct part of an LSO frame with its headers. */
 const MAX_RNDIS_BYTES = SEND_SECTION_SIZE + MAX_TX_FRAME + 4096;
+/** Bytes of an in-place frame's RNDIS stream copied for parsing: the RNDIS header, PPIs and the frame's headers fit. */
+const TX_HEAD_BYTES = 512;
+/** Smaller GPA-direct packets are copied whole: cheaper than a gather list. */
+const TX_IN_PLACE_MIN_BYTES = 2048;
+/** Segments of an in-place frame: the copied head, then page runs of a 64 KiB frame. */
+const TX_IN_PLACE_SEGMENTS = 2 + Math.ceil(MAX_RNDIS_BYTES / PAGE_SIZE);
 /** Control messages waiting for a sub-allocation; beyond this a guest that never completes loses answers. */
 const MAX_QUEUED_CONTROL = 64;
 /** Retry delay after the backend refused a frame. */
@@ -104,7 +117,9 @@ const TWO_32 = 0x1_0000_0000;
 const ETHERTYPE_VLAN = 0x8100;
 
 /** What one transmit attempt came to. */
-const TxResult = { Sent: 0, Blocked: 1, Bad: 2 } as const;
+const TxResult = { Sent: 0, Blocked: 1, Bad: 2, NeedsCopy: 3 } as const;
+/** transmitInPlace: the packet goes the copying way instead. */
+const IN_PLACE_DECLINED = -2;
 type TxResult = (typeof TxResult)[keyof typeof TxResult];
 
 export interface NetvspChannelCounters {
@@ -118,6 +133,8 @@ export interface NetvspChannelCounters {
   txBytes: number;
   /** Guest frames dropped: malformed RNDIS/PPI, link down, oversize. */
   txDropped: number;
+  /** Of txFrames: sent from guest RAM in place (only their headers copied). */
+  txInPlace: number;
   /** Frames indicated to the guest on this channel, and their bytes. */
   rxFrames: number;
   rxBytes: number;
@@ -172,7 +189,12 @@ export class NetvspChannel implements ReceiveQueue {
   private readonly packetInfo = new PacketInfo();
   private readonly gpaRanges = new GpaDirectRanges();
   private readonly headerScratch = new Uint8Array(MAX_PACKET_BYTES);
-  private readonly txBytes = new Uint8Array(MAX_RNDIS_BYTES);
+  /** Native memory, so an in-place frame's copied head can lead its iovec list. */
+  private readonly txAddress = mapAnonymous(MAX_RNDIS_BYTES);
+  private readonly txBytes = new Uint8Array(viewOf(this.txAddress, MAX_RNDIS_BYTES));
+  /** An in-place packet's RNDIS stream in guest RAM, and the frame handed to the backend. */
+  private readonly txStream = new IovecList(TX_IN_PLACE_SEGMENTS);
+  private readonly txFrame = new IovecList(TX_IN_PLACE_SEGMENTS);
   private readonly vlanFrame = new Uint8Array(MAX_TX_FRAME + 4);
   private readonly txOffload = new PacketOffload();
   private readonly txParsed = new ParsedPacket();
@@ -446,6 +468,10 @@ export class NetvspChannel implements ReceiveQueue {
 
   /** The NVSP status for the packet, or -1 when the backend refused a frame (retry). */
   private gatherAndProcess(reader: RingReader, packet: PacketView, m: NvspRndisPacket): number {
+    if (packet.type === PacketType.DataUsingGpaDirect && m.sectionIndex === NVSP_INVALID_SECTION_INDEX && this.skipMessages === 0) {
+      const status = this.transmitInPlace(reader, packet);
+      if (status !== IN_PLACE_DECLINED) return status;
+    }
     const buf = this.txBytes;
     let total = 0;
     if (m.sectionIndex !== NVSP_INVALID_SECTION_INDEX) {
@@ -495,8 +521,56 @@ export class NetvspChannel implements ReceiveQueue {
     return status;
   }
 
-  /** Appends the GPA-direct ranges' bytes to txBytes from `total`; returns the new total or -1. */
-  private gatherPages(reader: RingReader, packet: PacketView, total: number): number {
+  /**
+   * A GPA-direct packet holding one large RNDIS PACKET: the first TX_HEAD_BYTES are
+   * copied and parsed, the rest of the frame goes to the backend from guest RAM. Returns
+   * the NVSP status, -1 (backend refused: retry), or IN_PLACE_DECLINED when the packet
+   * is better copied whole (small, several messages, a VLAN tag to insert, headers
+   * beyond the copied bytes) or is malformed (the copy path says why).
+   */
+  private transmitInPlace(reader: RingReader, packet: PacketView): number {
+    if (!this.decodeRanges(reader, packet)) return NvspStatus.InvalidRndisPacket;
+    const memory = this.memory!;
+    const base = Number(memory.base);
+    const stream = this.txStream;
+    stream.clear();
+    const ranges = this.gpaRanges;
+    for (let i = 0; i < ranges.count; i++) {
+      const r = ranges.ranges[i]!;
+      if (rangeProblem(memory, r) !== null) return IN_PLACE_DECLINED;
+      let remaining = r.byteCount;
+      let within = r.byteOffset;
+      for (let k = 0; k < r.pfns.length && remaining > 0; k++) {
+        const n = Math.min(PAGE_SIZE - within, remaining);
+        const address = base + r.pfns[k]! * PAGE_SIZE + within;
+        const last = stream.count - 1;
+        // Consecutive pages make one segment: a contiguous bounce buffer is one iovec.
+        if (last >= 0 && stream.addressAt(last) + stream.lengthAt(last) === address) stream.extendLast(n);
+        else if (!stream.push(address, n)) return IN_PLACE_DECLINED;
+        remaining -= n;
+        within = 0;
+      }
+    }
+    const total = stream.byteLength;
+    if (total < TX_IN_PLACE_MIN_BYTES || total > MAX_RNDIS_BYTES) return IN_PLACE_DECLINED;
+    const head = Math.min(total, TX_HEAD_BYTES);
+    const ram = memory.bytes;
+    for (let i = 0, done = 0; i < stream.count && done < head; i++) {
+      const gpa = stream.addressAt(i) - base;
+      const n = Math.min(stream.lengthAt(i), head - done);
+      this.txBytes.set(ram.subarray(gpa, gpa + n), done);
+      done += n;
+    }
+    const msg = this.rndis.decode(this.txBytes, 0, total, 'to-host');
+    if (msg instanceof RndisError || msg.kind !== 'packet' || msg.length !== total || msg.ppiOffset + msg.ppiLength > head || msg.dataOffset >= head) return IN_PLACE_DECLINED;
+    const r = this.transmit(msg, head);
+    if (r === TxResult.NeedsCopy) return IN_PLACE_DECLINED;
+    if (r === TxResult.Blocked) return -1;
+    return r === TxResult.Bad ? NvspStatus.InvalidRndisPacket : NvspStatus.Success;
+  }
+
+  /** Decodes the packet's GPA-direct header into gpaRanges; false (with the reason logged) when malformed. */
+  private decodeRanges(reader: RingReader, packet: PacketView): boolean {
     let bytes: Uint8Array;
     let offset: number;
     let length: number;
@@ -509,12 +583,18 @@ export class NetvspChannel implements ReceiveQueue {
       offset = 0;
       length = reader.copyHeader(this.headerScratch);
     }
-    const ranges = this.gpaRanges;
-    const error = decodeGpaDirectHeader(bytes, offset, length, ranges);
+    const error = decodeGpaDirectHeader(bytes, offset, length, this.gpaRanges);
     if (error !== DecodeError.None) {
       this.problem(`GPA-direct header rejected (${error})`);
-      return -1;
+      return false;
     }
+    return true;
+  }
+
+  /** Appends the GPA-direct ranges' bytes to txBytes from `total`; returns the new total or -1. */
+  private gatherPages(reader: RingReader, packet: PacketView, total: number): number {
+    if (!this.decodeRanges(reader, packet)) return -1;
+    const ranges = this.gpaRanges;
     const memory = this.memory!;
     const ram = memory.bytes;
     const buf = this.txBytes;
@@ -543,8 +623,13 @@ export class NetvspChannel implements ReceiveQueue {
     return total;
   }
 
-  /** One RNDIS PACKET to the backend, with its PPIs turned into PacketOffload. */
-  private transmit(m: RndisPacket): TxResult {
+  /**
+   * One RNDIS PACKET to the backend, with its PPIs turned into PacketOffload. With
+   * `inPlaceFrom` >= 0 only txBytes[0, inPlaceFrom) was copied and the rest of the
+   * stream is txStream (guest RAM): the frame's headers must lie in the copy (else
+   * NeedsCopy), and the frame goes out as the copied part plus the guest's pages.
+   */
+  private transmit(m: RndisPacket, inPlaceFrom = -1): TxResult {
     const s = this.stats;
     const nic = this.nic;
     const buf = this.txBytes;
@@ -560,6 +645,10 @@ export class NetvspChannel implements ReceiveQueue {
       s.txDropped++;
       return TxResult.Bad;
     }
+    const inPlace = inPlaceFrom >= 0 && m.dataOffset + dataLength > inPlaceFrom;
+    // A tag to insert shifts the whole frame: that takes a copy.
+    if (inPlace && info.hasVlan) return TxResult.NeedsCopy;
+    const headLength = inPlaceFrom - m.dataOffset;
     // The guest strips an 802.1Q tag into a PPI; put it back into the frame.
     let frame = buf;
     let start = m.dataOffset;
@@ -582,9 +671,13 @@ export class NetvspChannel implements ReceiveQueue {
     const offload = this.txOffload.clear();
     if (info.hasLso) {
       if (!this.prepareLso(frame, start, length, info.lso, offload)) {
+        // In place, the headers may run past the copy: let the copying way judge.
+        if (inPlace) return TxResult.NeedsCopy;
         s.txDropped++;
         return TxResult.Bad;
       }
+      // prepareLso rewrote the headers in the copy; they must all be in it.
+      if (inPlace && this.txParsed.payloadOffset > headLength) return TxResult.NeedsCopy;
     } else if (info.hasChecksum) {
       const v = info.checksum;
       const l4 = txChecksumHeaderOffset(v) + shift;
@@ -594,9 +687,11 @@ export class NetvspChannel implements ReceiveQueue {
           s.txDropped++;
           return TxResult.Bad;
         }
+        if (inPlace && l4 + field + 2 > headLength) return TxResult.NeedsCopy;
         offload.setChecksum(l4, field);
       }
       if ((v & TxChecksum.IpHeader) !== 0 && (v & TxChecksum.IsIpv4) !== 0) {
+        if (inPlace) return TxResult.NeedsCopy;
         // Linux never asks, but NDIS allows it: finish the IPv4 header checksum here.
         if (parsePacket(frame, start, length, this.txParsed) !== PacketKind.Malformed && this.txParsed.ipVersion === 4) {
           fillIpv4HeaderChecksum(frame, start + this.txParsed.l3Offset, this.txParsed.l3HeaderLength);
@@ -607,8 +702,14 @@ export class NetvspChannel implements ReceiveQueue {
       s.txDropped++;
       return TxResult.Sent;
     }
-    const view = frame.subarray(start, start + length);
-    if (!nic.backend.send(view, offload)) return TxResult.Blocked;
+    if (inPlace) {
+      const iov = this.txFrame;
+      iov.clear();
+      iov.push(Number(this.txAddress) + start, headLength);
+      if (!this.txStream.sliceInto(iov, inPlaceFrom, length - headLength, true) || iov.count > nic.backend.maxSendSegments) return TxResult.NeedsCopy;
+      if (!nic.backend.send(iov, offload)) return TxResult.Blocked;
+      s.txInPlace++;
+    } else if (!nic.backend.send(frame.subarray(start, start + length), offload)) return TxResult.Blocked;
     s.txFrames++;
     s.txBytes += length;
     return TxResult.Sent;
@@ -955,6 +1056,7 @@ function emptyCounters(subChannelIndex: number): NetvspChannelCounters {
     txFrames: 0,
     txBytes: 0,
     txDropped: 0,
+    txInPlace: 0,
     rxFrames: 0,
     rxBytes: 0,
     rxCoalesced: 0,
