@@ -665,6 +665,34 @@ describe('NetVSP transmit', () => {
     void onesSum;
   });
 
+  // The in-place way must send exactly what the copying way sends: the same frame
+  // (headers fixed up the same), the same offload. 40 padding PPIs push the frame past
+  // the copied 512 bytes, which forces the copying way for the second send.
+  test('fast-check: a large frame sent in place equals the same frame sent the copying way', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    const padding: [number, number][] = Array.from({ length: 40 }, () => [PpiType.ShortPacketPadInfo, 0]);
+    await fc.assert(
+      fc.asyncProperty(fc.integer({ min: 2100, max: 60000 }), fc.integer({ min: 0, max: 4095 }), fc.constantFrom('none', 'checksum', 'lso'), fc.integer(), async (payload, pageOffset, kind, seed) => {
+        const frame = tcpFrame({ payload, zeroLength: kind === 'lso' });
+        for (let i = 54; i < frame.length; i++) frame[i] = (seed + i * 31) & 0xff;
+        const ppis: [number, number][] =
+          kind === 'lso' ? [[PpiType.TcpLargeSend, lsoV2Info(1448, 34, LsoIpVersion.Ipv4)]] : kind === 'checksum' ? [[PpiType.TcpIpChecksum, txChecksumInfo(TxChecksum.IsIpv4 | TxChecksum.Tcp, 34)]] : [];
+        const before = rig.backend.sent.length;
+        const a = await request(rig, rig.guest, rndisPkt(0), gpaHeader([guestBytes(rndisData(frame, ppis), pageOffset)]));
+        const b = await request(rig, rig.guest, rndisPkt(0), gpaHeader([guestBytes(rndisData(frame, [...padding, ...ppis]), pageOffset)]));
+        assert.equal(u32(a, 4), NvspStatus.Success);
+        assert.equal(u32(b, 4), NvspStatus.Success);
+        const [inPlace, copied] = rig.backend.sent.slice(before);
+        assert.ok(inPlace!.inPlace && !copied!.inPlace);
+        assert.deepEqual(inPlace!.frame, copied!.frame);
+        assert.deepEqual({ ...inPlace!.offload }, { ...copied!.offload });
+        rig.backend.sent.length = 0;
+      }),
+      { numRuns: 40 },
+    );
+  });
+
   // In place needs the frame's headers within the bytes copied for parsing (512); PPIs
   // that push the frame past them, or a VLAN tag to insert, take the copying way, with
   // the same result.
@@ -1346,6 +1374,21 @@ describe('NetVSP against a hostile guest', () => {
         while ((p = rig.guest.take()) !== null) if (p.type === PacketType.DataUsingTransferPages) completeReceive(rig.guest, p.transactionId);
       }),
       { numRuns: 150 },
+    );
+    // Large random packets reach the in-place way (one RNDIS PACKET of 2 KiB or more in GPA-direct pages).
+    await fc.assert(
+      fc.asyncProperty(fc.uint8Array({ minLength: 2048, maxLength: 9000 }), fc.integer({ min: 0, max: 4095 }), fc.boolean(), async (bytes, pageOffset, packet) => {
+        const b = Uint8Array.from(bytes);
+        if (packet) {
+          put32(b, 0, 1);
+          put32(b, 4, b.length);
+        }
+        const reply = await request(rig, rig.guest, rndisPkt(0), gpaHeader([guestBytes(b, pageOffset)]));
+        assert.equal(u32(reply, 0), NvspMessageType.SendRndisPacketComplete);
+        let p: Packet | null;
+        while ((p = rig.guest.take()) !== null) if (p.type === PacketType.DataUsingTransferPages) completeReceive(rig.guest, p.transactionId);
+      }),
+      { numRuns: 100 },
     );
     assert.equal(rig.guest.failures.length, 0);
     // Still a working NIC.
