@@ -37,7 +37,9 @@ import type { NetvscPort, NvspSession } from './netvsc-handshake.js';
 export const NETVSC_MAX_SEND_FRAME = 65536 + 18;
 /** Room for the PPIs netvsc_xmit adds (hash, VLAN, checksum or LSO: 16 bytes each). */
 const MAX_PPI_BYTES = 4 * PPI_U32_RECORD_SIZE;
-const BOUNCE_PAGES = Math.ceil((RndisMessageSize.Packet + MAX_PPI_BYTES + NETVSC_MAX_SEND_FRAME) / PAGE_SIZE);
+/** Where a frame goes in a bounce buffer: after room for the RNDIS header and the largest PPIs. */
+const BOUNCE_FRAME_OFFSET = RndisMessageSize.Packet + MAX_PPI_BYTES;
+const BOUNCE_PAGES = Math.ceil((BOUNCE_FRAME_OFFSET + NETVSC_MAX_SEND_FRAME) / PAGE_SIZE);
 /** Linux's NVSP_RSC_MAX: most fragments of one coalesced segment. */
 export const NVSP_RSC_MAX = 562;
 /** Largest coalesced segment taken: a 64 KiB IP packet with Ethernet and a VLAN tag. */
@@ -249,7 +251,7 @@ export class NetvscDatapath {
     const slot = this.takeSlot(q, SLOT_CONTROL, 0);
     if (slot < 0) return false;
     this.o.memory.bytes.set(message.subarray(0, length), this.controlPfn * PAGE_SIZE);
-    const h = this.describe([this.controlPfn], length);
+    const h = this.describe([this.controlPfn], 0, length);
     encodeRndisPacketMessage(this.nvspOut, 0, RndisChannelType.Control, NVSP_INVALID_SECTION_INDEX, 0);
     const ok = q.port.send(this.nvspOut, slot + 1, PacketType.DataUsingGpaDirect, PACKET_FLAG_COMPLETION_REQUESTED, h);
     if (!ok) this.releaseSlot(q, slot);
@@ -273,58 +275,124 @@ export class NetvscDatapath {
       this.stats.txBusy++;
       return false;
     }
-    const staging = this.staging;
-    const ppiBytes = encodeTxPpis(frame, offset, length, offload, staging, RndisMessageSize.Packet);
+    const ppiBytes = encodeTxPpis(frame, offset, length, offload, this.staging, RndisMessageSize.Packet);
     if (ppiBytes < 0) return this.drop();
-    const total = RndisMessageSize.Packet + ppiBytes + length;
-    const session = this.session;
-    // netvsc_send: a section when the packet plus alignment fits one.
-    if (total + 8 < session.send.sectionSize && this.freeSectionCount > 0) {
-      const section = this.freeSections[--this.freeSectionCount]!;
-      const slot = this.takeSlot(q, SLOT_SECTION, section);
-      if (slot < 0) {
-        this.freeSectionCount++;
-        this.stats.txBusy++;
-        return false;
-      }
-      const base = section * session.send.sectionSize;
-      const out = session.send.bytes;
-      out.set(staging.subarray(RndisMessageSize.Packet, RndisMessageSize.Packet + ppiBytes), base + RndisMessageSize.Packet);
-      encodeRndisPacketHeader(out, base, ppiBytes, length);
-      out.set(frame.subarray(offset, offset + length), base + RndisMessageSize.Packet + ppiBytes);
-      encodeRndisPacketMessage(this.nvspOut, 0, RndisChannelType.Data, section, total);
-      if (!q.port.send(this.nvspOut, slot + 1, PacketType.DataInband, PACKET_FLAG_COMPLETION_REQUESTED)) {
-        // Ring full, which the slot count makes rare; the frame was rewritten: drop it.
-        this.releaseSlot(q, slot);
-        return this.drop();
-      }
-      this.stats.txSection++;
-    } else {
-      const bounce = q.freeBounce.pop();
-      if (bounce === undefined) {
-        this.stats.txBusy++;
-        return false;
-      }
-      const slot = this.takeSlot(q, SLOT_BOUNCE, bounce);
-      if (slot < 0) {
-        q.freeBounce.push(bounce);
-        this.stats.txBusy++;
-        return false;
-      }
-      const pfns = q.bouncePfns[bounce]!;
-      const mem = this.o.memory.bytes;
-      const base = pfns[0]! * PAGE_SIZE;
-      mem.set(staging.subarray(RndisMessageSize.Packet, RndisMessageSize.Packet + ppiBytes), base + RndisMessageSize.Packet);
-      encodeRndisPacketHeader(mem, base, ppiBytes, length);
-      mem.set(frame.subarray(offset, offset + length), base + RndisMessageSize.Packet + ppiBytes);
-      const h = this.describe(pfns, total);
-      encodeRndisPacketMessage(this.nvspOut, 0, RndisChannelType.Data, NVSP_INVALID_SECTION_INDEX, 0);
-      if (!q.port.send(this.nvspOut, slot + 1, PacketType.DataUsingGpaDirect, PACKET_FLAG_COMPLETION_REQUESTED, h)) {
-        this.releaseSlot(q, slot);
-        return this.drop();
-      }
-      this.stats.txBounce++;
+    if (this.fitsSection(ppiBytes, length)) return this.sendViaSection(q, frame, offset, length, ppiBytes);
+    const bounce = q.freeBounce.pop()!;
+    this.o.memory.bytes.set(frame.subarray(offset, offset + length), this.bounceFrameGpa(q, bounce));
+    return this.sendViaBounce(q, bounce, length, ppiBytes);
+  }
+
+  /**
+   * Lends a bounce buffer of `queue` to read a frame straight into, as Linux sends an
+   * skb's own pages: the frame goes at bounceFrameAddress(), at most bounceFrameCapacity
+   * bytes, and sendReserved() sends it (or returnReserved() gives the buffer back).
+   * -1: no bounce buffer or send slot is free; onSendRoom tells when one is.
+   */
+  reserve(queue: number): number {
+    const q = this.queues[queue];
+    if (!q || this.closed || q.freeSlotCount === 0) {
+      this.stats.txBusy++;
+      return -1;
     }
+    const bounce = q.freeBounce.pop();
+    if (bounce === undefined) {
+      this.stats.txBusy++;
+      return -1;
+    }
+    return bounce;
+  }
+
+  /** The native address where a reserved bounce buffer's frame goes. */
+  bounceFrameAddress(queue: number, bounce: number): number {
+    return Number(this.o.memory.base) + this.bounceFrameGpa(this.queues[queue]!, bounce);
+  }
+
+  get bounceFrameCapacity(): number {
+    return BOUNCE_PAGES * PAGE_SIZE - BOUNCE_FRAME_OFFSET;
+  }
+
+  returnReserved(queue: number, bounce: number): void {
+    this.queues[queue]?.freeBounce.push(bounce);
+  }
+
+  /** Sends the `length`-byte frame read into reserved bounce buffer `bounce`. Always consumes the reservation. */
+  sendReserved(queue: number, bounce: number, length: number, offload: PacketOffload): void {
+    const q = this.queues[queue];
+    if (!q) return;
+    if (this.closed || length < 14 || length > Math.min(NETVSC_MAX_SEND_FRAME, this.bounceFrameCapacity)) {
+      q.freeBounce.push(bounce);
+      this.drop();
+      return;
+    }
+    const mem = this.o.memory.bytes;
+    const at = this.bounceFrameGpa(q, bounce);
+    const ppiBytes = encodeTxPpis(mem, at, length, offload, this.staging, RndisMessageSize.Packet);
+    if (ppiBytes < 0) {
+      q.freeBounce.push(bounce);
+      this.drop();
+      return;
+    }
+    if (this.fitsSection(ppiBytes, length)) {
+      // A small frame is copied into a send section (netvsc_copy_to_send_buf); the bounce buffer goes back.
+      q.freeBounce.push(bounce);
+      this.sendViaSection(q, mem, at, length, ppiBytes);
+      return;
+    }
+    this.sendViaBounce(q, bounce, length, ppiBytes);
+  }
+
+  /** Where a bounce buffer's frame starts in guest RAM: after room for the RNDIS header and the largest PPIs. */
+  private bounceFrameGpa(q: Queue, bounce: number): number {
+    return q.bouncePfns[bounce]![0]! * PAGE_SIZE + BOUNCE_FRAME_OFFSET;
+  }
+
+  /** netvsc_send: a section when the packet plus alignment fits one and one is free. */
+  private fitsSection(ppiBytes: number, length: number): boolean {
+    return RndisMessageSize.Packet + ppiBytes + length + 8 < this.session.send.sectionSize && this.freeSectionCount > 0;
+  }
+
+  /** Copies the RNDIS PACKET (PPIs from staging, then the frame) into a free section and sends it. A slot is free. */
+  private sendViaSection(q: Queue, frame: Uint8Array, offset: number, length: number, ppiBytes: number): boolean {
+    const session = this.session;
+    const section = this.freeSections[--this.freeSectionCount]!;
+    const slot = this.takeSlot(q, SLOT_SECTION, section);
+    const base = section * session.send.sectionSize;
+    const out = session.send.bytes;
+    out.set(this.staging.subarray(RndisMessageSize.Packet, RndisMessageSize.Packet + ppiBytes), base + RndisMessageSize.Packet);
+    encodeRndisPacketHeader(out, base, ppiBytes, length);
+    out.set(frame.subarray(offset, offset + length), base + RndisMessageSize.Packet + ppiBytes);
+    encodeRndisPacketMessage(this.nvspOut, 0, RndisChannelType.Data, section, RndisMessageSize.Packet + ppiBytes + length);
+    if (!q.port.send(this.nvspOut, slot + 1, PacketType.DataInband, PACKET_FLAG_COMPLETION_REQUESTED)) {
+      // Ring full, which the slot count makes rare; the frame was rewritten: drop it.
+      this.releaseSlot(q, slot);
+      return this.drop();
+    }
+    this.stats.txSection++;
+    this.stats.txFrames++;
+    return true;
+  }
+
+  /**
+   * Sends the frame already in bounce buffer `bounce` (at its frame offset) GPA-direct,
+   * with the RNDIS header and PPIs written right before it. A slot is free.
+   */
+  private sendViaBounce(q: Queue, bounce: number, length: number, ppiBytes: number): boolean {
+    const pfns = q.bouncePfns[bounce]!;
+    const mem = this.o.memory.bytes;
+    const start = BOUNCE_FRAME_OFFSET - RndisMessageSize.Packet - ppiBytes;
+    const base = pfns[0]! * PAGE_SIZE + start;
+    const slot = this.takeSlot(q, SLOT_BOUNCE, bounce);
+    mem.set(this.staging.subarray(RndisMessageSize.Packet, RndisMessageSize.Packet + ppiBytes), base + RndisMessageSize.Packet);
+    encodeRndisPacketHeader(mem, base, ppiBytes, length);
+    const total = RndisMessageSize.Packet + ppiBytes + length;
+    const h = this.describe(pfns, start, total);
+    encodeRndisPacketMessage(this.nvspOut, 0, RndisChannelType.Data, NVSP_INVALID_SECTION_INDEX, 0);
+    if (!q.port.send(this.nvspOut, slot + 1, PacketType.DataUsingGpaDirect, PACKET_FLAG_COMPLETION_REQUESTED, h)) {
+      this.releaseSlot(q, slot);
+      return this.drop();
+    }
+    this.stats.txBounce++;
     this.stats.txFrames++;
     return true;
   }
@@ -339,15 +407,15 @@ export class NetvscDatapath {
     return true;
   }
 
-  /** One GPA-direct range over `pfns` from byte 0 (the mpb form: reserved, count, {len, offset, pfn[]}). */
-  private describe(pfns: readonly number[], length: number): Uint8Array {
-    const pages = Math.ceil(length / PAGE_SIZE);
+  /** One GPA-direct range over `pfns` from byte `offset` of the first (the mpb form: reserved, count, {len, offset, pfn[]}). */
+  private describe(pfns: readonly number[], offset: number, length: number): Uint8Array {
+    const pages = Math.ceil((offset + length) / PAGE_SIZE);
     const h = this.gpaHeader.subarray(0, 16 + 8 * pages);
     const v = new DataView(h.buffer, h.byteOffset, h.byteLength);
     v.setUint32(0, 0, true);
     v.setUint32(4, 1, true);
     v.setUint32(8, length, true);
-    v.setUint32(12, 0, true);
+    v.setUint32(12, offset, true);
     for (let i = 0; i < pages; i++) {
       v.setUint32(16 + 8 * i, pfns[i]! >>> 0, true);
       v.setUint32(20 + 8 * i, Math.floor(pfns[i]! / 0x1_0000_0000), true);

@@ -20,6 +20,7 @@ import { NVSP_RSC_MAX, type CoalescedSegment } from './netvsc-datapath.js';
 import { IovecList } from '../../sys/iovec.js';
 
 const BUFFER_BYTES = 128 * 1024;
+const HEADER_PAGE_BYTES = 4096;
 const ETH_HLEN = 14;
 const READ_BATCH = 64;
 
@@ -39,9 +40,8 @@ export class NicTap {
   readonly stats = { toTap: 0, fromTap: 0, dropped: 0, busy: 0, coalescedToTap: 0 };
   private readonly nic: NetvscNic;
   private readonly poller: Poller;
-  private readonly rxAddress: bigint; // frames read from the TAP
+  private readonly rxAddress: bigint; // the vnet header of frames read from the TAP
   private readonly rxView: DataView;
-  private readonly rxBytes: Uint8Array;
   private readonly txAddress: bigint; // frames written to the TAP
   private readonly txView: DataView;
   private readonly txBytes: Uint8Array;
@@ -50,6 +50,8 @@ export class NicTap {
   private readonly parsed = new ParsedPacket();
   /** The vnet header and first fragment (copied), then the other fragments in guest RAM. */
   private readonly segmentIov = new IovecList(NVSP_RSC_MAX + 1);
+  /** A read: the vnet header into rxAddress, the frame into a bounce buffer. */
+  private readonly readIov = new IovecList(2);
   private token: number | null = null;
   private closed = false;
   private readonly onLink = (up: boolean) => { if (!this.closed) this.tap.setCarrier(up); };
@@ -72,10 +74,8 @@ export class NicTap {
       this.tap.close();
       throw e;
     }
-    this.rxAddress = mapAnonymous(BUFFER_BYTES);
-    const rx = viewOf(this.rxAddress, BUFFER_BYTES);
-    this.rxView = new DataView(rx);
-    this.rxBytes = new Uint8Array(rx);
+    this.rxAddress = mapAnonymous(HEADER_PAGE_BYTES);
+    this.rxView = new DataView(viewOf(this.rxAddress, HEADER_PAGE_BYTES));
     this.txAddress = mapAnonymous(BUFFER_BYTES);
     const tx = viewOf(this.txAddress, BUFFER_BYTES);
     this.txView = new DataView(tx);
@@ -165,12 +165,30 @@ export class NicTap {
     return true;
   }
 
-  /** Frames the kernel transmits: to the NIC. Backpressure leaves them queued in the TAP. */
+  /**
+   * Frames the kernel transmits: read straight into a bounce buffer of the NIC (guest
+   * RAM, as Linux sends an skb's own pages) and sent from there. Without a free bounce
+   * buffer nothing is read: the frames wait in the TAP until a send completes.
+   */
   private readonly onReadable = (): void => {
     const hb = VIRTIO_NET_HDR_V1_BYTES;
+    const datapath = this.nic.datapath;
+    if (datapath === null) return;
+    const iov = this.readIov;
     for (let i = 0; i < READ_BATCH && !this.closed; i++) {
-      const n = this.tap.read(Number(this.rxAddress), BUFFER_BYTES);
+      const bounce = datapath.reserve(0);
+      if (bounce < 0) {
+        this.stats.busy++;
+        this.waitingForRoom = true;
+        this.stopReading();
+        break;
+      }
+      iov.clear();
+      iov.push(Number(this.rxAddress), hb);
+      iov.push(datapath.bounceFrameAddress(0, bounce), datapath.bounceFrameCapacity);
+      const n = this.tap.readv(iov);
       if (n < 0) {
+        datapath.returnReserved(0, bounce);
         if (n === -Errno.EINTR) continue;
         if (n !== -Errno.EAGAIN) this.stopReading();
         break;
@@ -178,6 +196,7 @@ export class NicTap {
       const length = n - hb;
       const o = this.offload.clear();
       if (length < 14 || decodeVirtioNetHeader(this.rxView, 0, hb, length, this.header) !== null) {
+        datapath.returnReserved(0, bounce);
         this.stats.dropped++;
         continue;
       }
@@ -185,28 +204,18 @@ export class NicTap {
       if (h.flags & VirtioNetFlag.NeedsChecksum) o.setChecksum(h.csumStart, h.csumOffset);
       if (h.gsoType !== VirtioGso.None) o.setGso(gsoKind(h.gsoType), h.gsoSize, h.hdrLen);
       // One queue for now: the stack's TX hash would pick the queue (netvsc_select_queue).
-      if (!this.nic.send(0, this.rxBytes, hb, length, o)) {
-        // No room to send: the frame waits where it was read (a TAP cannot un-read) and
-        // the TAP is not read until a send completes; the kernel queues behind it.
-        this.stats.busy++;
-        this.heldLength = length;
-        this.stopReading();
-        break;
-      }
+      datapath.sendReserved(0, bounce, length, o);
       this.stats.fromTap++;
     }
-    this.nic.datapath?.flush();
+    datapath.flush();
   };
 
-  /** Length of the frame in the read buffer waiting for send room; -1: none. */
-  private heldLength = -1;
+  /** Reading stopped for want of a bounce buffer; a send completion resumes it. */
+  private waitingForRoom = false;
 
   private readonly onSendRoom = (): void => {
-    if (this.heldLength < 0 || this.closed) return;
-    if (!this.nic.send(0, this.rxBytes, VIRTIO_NET_HDR_V1_BYTES, this.heldLength, this.offload)) return;
-    this.heldLength = -1;
-    this.stats.fromTap++;
-    this.nic.datapath?.flush();
+    if (!this.waitingForRoom || this.closed) return;
+    this.waitingForRoom = false;
     this.token = this.poller.add(this.tap.fd, this.onReadable);
   };
 
@@ -223,7 +232,7 @@ export class NicTap {
     this.nic.onSegment = null;
     this.nic.onSendRoom = null;
     this.tap.close();
-    munmap(this.rxAddress, BUFFER_BYTES);
+    munmap(this.rxAddress, HEADER_PAGE_BYTES);
     munmap(this.txAddress, BUFFER_BYTES);
   }
 }
