@@ -70,6 +70,19 @@ export type NetFrame = IovecList | Uint8Array;
  */
 export type ReceiveHandler = (frame: Uint8Array, length: number, offload: PacketOffload) => void;
 
+/**
+ * Where a receiver wants frames put: memory of its own (a NIC's receive buffer in guest
+ * RAM), so a backend that can read into given memory skips its own buffer and the copy.
+ */
+export interface ReceiveTarget {
+  /** Room for the next frame, whatever its size (up to a 64 KiB segment), or null: use the backend's buffer and the ReceiveHandler. */
+  next(): IovecList | null;
+  /** The frame read into the list next() gave: `length` bytes. `offload` is the backend's, valid during the call. */
+  received(length: number, offload: PacketOffload): void;
+  /** The list next() gave was not used (the read failed or the frame was dropped). */
+  unused(): void;
+}
+
 export interface NetBackendStats {
   rxFrames: number;
   rxBytes: number;
@@ -105,6 +118,9 @@ export interface NetBackend {
    * place to signal the guest once instead of once per frame.
    */
   onReceive(handler: ReceiveHandler, batchEnd?: () => void): void;
+
+  /** Optional: read frames straight into the target's memory when it offers some (null: stop). */
+  setReceiveTarget?(target: ReceiveTarget | null): void;
 
   /** Stops reading (the guest has no receive buffer free); frames wait in the backend's queue. */
   pauseReceive(): void;

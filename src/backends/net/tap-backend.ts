@@ -10,7 +10,7 @@ import type { Poller } from '../../sys/epoll.js';
 import { IovecList } from '../../sys/iovec.js';
 import { mapAnonymous, munmap, viewOf } from '../../sys/memfd.js';
 import { TapDevice, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 } from '../../sys/tun.js';
-import type { GsoKind, NetBackend, NetBackendStats, NetFrame, ReceiveHandler } from './net-backend.js';
+import type { GsoKind, NetBackend, NetBackendStats, NetFrame, ReceiveHandler, ReceiveTarget } from './net-backend.js';
 import { PacketOffload } from './net-backend.js';
 import { decodeVirtioNetHeader, encodeVirtioNetHeader, VIRTIO_NET_HDR_V1_BYTES, VirtioGso, VirtioNetFlag, VirtioNetHeader } from './virtio-net-header.js';
 
@@ -67,6 +67,9 @@ export class TapBackend implements NetBackend {
   private readonly noOffload = new PacketOffload();
 
   private handler: ReceiveHandler | null = null;
+  private target: ReceiveTarget | null = null;
+  /** A read into a receive target: the vnet header into rxAddress, then the target's memory. */
+  private readonly targetIov = new IovecList(2 + 64);
   private batchEnd: (() => void) | null = null;
   private pollToken: number | null = null;
   private paused = false;
@@ -166,6 +169,10 @@ export class TapBackend implements NetBackend {
     this.updatePolling();
   }
 
+  setReceiveTarget(target: ReceiveTarget | null): void {
+    this.target = target;
+  }
+
   pauseReceive(): void {
     this.paused = true;
     this.updatePolling();
@@ -209,8 +216,21 @@ export class TapBackend implements NetBackend {
     const headerBytes = this.headerBytes;
     let delivered = 0;
     for (let i = 0; i < this.receiveBatch && this.pollToken !== null; i++) {
-      const n = this.tap.read(this.rxAddressNumber, FRAME_BUFFER_BYTES);
-      if (n < 0) {
+      const dest = this.target?.next() ?? null;
+      let n: number;
+      if (dest !== null) {
+        const iov = this.targetIov;
+        iov.clear();
+        iov.push(this.rxAddressNumber, headerBytes);
+        for (let k = 0; k < dest.count; k++) iov.push(dest.addressAt(k), dest.lengthAt(k));
+        n = this.tap.readv(iov);
+      } else n = this.tap.read(this.rxAddressNumber, FRAME_BUFFER_BYTES);
+      if (n < 0 || (dest !== null && n - headerBytes > dest.byteLength)) {
+        if (dest !== null) this.target!.unused();
+        if (n >= 0) {
+          this.stats.rxDropped++; // longer than the target's room: cut short, so dropped
+          continue;
+        }
         if (n === -Errno.EINTR) continue;
         if (n !== -Errno.EAGAIN) {
           // The device is gone (EBADFD) or broken: epoll is level-triggered and would wake
@@ -222,13 +242,15 @@ export class TapBackend implements NetBackend {
       }
       const frameLength = n - headerBytes;
       if (frameLength < ETHERNET_HEADER_BYTES || !this.decodeOffload(frameLength)) {
+        if (dest !== null) this.target!.unused();
         this.stats.rxDropped++;
         continue;
       }
       this.stats.rxFrames++;
       this.stats.rxBytes += frameLength;
       delivered++;
-      this.handler!(this.rxFrame, frameLength, this.rxOffload);
+      if (dest !== null) this.target!.received(frameLength, this.rxOffload);
+      else this.handler!(this.rxFrame, frameLength, this.rxOffload);
     }
     if (delivered > 0) this.batchEnd?.();
   };

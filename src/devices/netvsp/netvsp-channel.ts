@@ -75,16 +75,16 @@ import {
   PacketInfoIdFlag,
   PPI_U32_RECORD_SIZE,
   PpiType,
-  RxChecksum,
+  rxChecksumGood,
   TxChecksum,
   txChecksumHeaderOffset,
   vlanInfoToTci,
   writePacketIdPpi,
   writeU32Ppi,
 } from './per-packet-info.js';
-import { coalescedFragmentCount, MAX_COALESCED_FRAME, HYPERV_RECEIVE_SECTION_SIZE } from './receive-buffer.js';
+import { coalescedFragmentCount, FIRST_FRAGMENT_DATA_OFFSET, LATER_FRAGMENT_DATA_OFFSET, MAX_COALESCED_FRAGMENTS } from './receive-buffer.js';
 import { RNDIS_CONTROL_RESPONSE_MAX } from './rndis-control.js';
-import { encodeRndisPacketHeader, RndisDecoder, RndisError, RndisMessageSize, type RndisPacket } from './rndis-protocol.js';
+import { encodeRndisPacketHeader, encodeRndisPacketHeaderAt, RndisDecoder, RndisError, RndisMessageSize, type RndisPacket } from './rndis-protocol.js';
 import { NO_HASH } from './toeplitz.js';
 
 /** Largest ring packet accepted from the guest; a real one is < 1 KiB. A larger one breaks the ring. */
@@ -94,8 +94,6 @@ const COMPLETION_RING_BYTES = ringPacketBytes(NVSP_MESSAGE_SIZE);
 const TRANSFER_HEADER_BYTES = transferPageHeaderSize(1);
 /** Ring bytes of one receive indication: transfer-page header with one range, then SEND_RNDIS_PKT. */
 const RECEIVE_RING_BYTES = ringPacketBytes(TRANSFER_HEADER_BYTES + NVSP_MESSAGE_SIZE);
-/** Most fragments of one coalesced segment: a 64 KiB segment in the smallest sub-allocations. */
-const MAX_COALESCED_FRAGMENTS = coalescedFragmentCount(MAX_COALESCED_FRAME, HYPERV_RECEIVE_SECTION_SIZE);
 /** Ring bytes of the largest coalesced indication. */
 const COALESCED_RING_BYTES = ringPacketBytes(transferPageHeaderSize(MAX_COALESCED_FRAGMENTS) + NVSP_MESSAGE_SIZE);
 /** Largest frame the guest may transmit: an LSO frame (IP length is 16 bits) plus Ethernet and a VLAN tag. */
@@ -202,6 +200,7 @@ export class NetvspChannel implements ReceiveQueue {
   private readonly transferRanges: TransferPageRange[] = Array.from({ length: MAX_COALESCED_FRAGMENTS }, () => ({ byteCount: 0, byteOffset: 0 }));
   /** The id of the last coalesced segment (PKTINFO_ID pkt_id), per channel. */
   private coalescedId = 0;
+  private readonly coalescedIndices = new Int32Array(MAX_COALESCED_FRAGMENTS);
   private controlQueue: Uint8Array[] = [];
 
   constructor(private readonly options: NetvspChannelOptions) {
@@ -851,12 +850,7 @@ export class NetvspChannel implements ReceiveQueue {
     // host finished or verified (or that never crossed a wire).
     let good = offload === null || offload.checksumValid;
     if (offload !== null && offload.needsChecksum) good = fillPartialChecksum(buf, frameAt, length, offload.checksumStart, offload.checksumOffset);
-    let checksum = 0;
-    if (good) {
-      if (parsed.ipVersion === 4) checksum |= RxChecksum.IpSucceeded;
-      if (parsed.kind === PacketKind.Tcp) checksum |= RxChecksum.TcpSucceeded;
-      else if (parsed.kind === PacketKind.Udp) checksum |= RxChecksum.UdpSucceeded;
-    }
+    const checksum = good ? rxChecksumGood(parsed) : 0;
     let ppi = at + RndisMessageSize.Packet;
     ppi += writeU32Ppi(buf, ppi, PpiType.TcpIpChecksum, checksum);
     if (hash !== NO_HASH) writeU32Ppi(buf, ppi, PpiType.HashValue, hash);
@@ -872,57 +866,96 @@ export class NetvspChannel implements ReceiveQueue {
   }
 
   /**
-   * A large TCP segment for a guest that turned RSC on, sent whole: cut into fragments of
-   * one sub-allocation each, all named by one transfer-page packet (Linux drops a
-   * segment whose fragments span packets). Every fragment is an RNDIS PACKET with the
-   * PKTINFO_ID PPI (sub-allocation, first, last); the first also carries the checksum
-   * verdict and the RSS hash, which Linux applies to the whole segment (rsc_add_data).
-   * The frame's IP header must already describe the whole segment. False: no room.
+   * A large TCP segment for a guest that turned RSC on, sent whole: copied into
+   * fragments of one sub-allocation each (sendCoalesced sends them). False: no room.
    */
   deliverCoalesced(frame: Uint8Array, length: number, checksum: number, hash: number): boolean {
     const rb = this.nic.receiveBuffer;
     if (rb === null || this.writer === null) return false;
-    const firstPpiBytes = PPI_U32_RECORD_SIZE * (hash !== NO_HASH ? 3 : 2);
-    const fragments = coalescedFragmentCount(length, rb.subAllocSize, firstPpiBytes);
+    const fragments = coalescedFragmentCount(length, rb.subAllocSize);
     if (fragments > MAX_COALESCED_FRAGMENTS || rb.freeCount < fragments) {
       this.stats.rxDropped++;
       return false;
     }
-    const header = RndisMessageSize.Packet;
+    const indices = this.coalescedIndices;
+    for (let i = 0, done = 0; i < fragments; i++) {
+      const index = rb.allocate(); // cannot fail: freeCount was checked
+      indices[i] = index;
+      const dataAt = i === 0 ? FIRST_FRAGMENT_DATA_OFFSET : LATER_FRAGMENT_DATA_OFFSET;
+      const n = Math.min(rb.subAllocSize - dataAt, length - done);
+      rb.bytes.set(frame.subarray(done, done + n), rb.offsetOf(index) + dataAt);
+      done += n;
+    }
+    return this.sendCoalesced(indices, fragments, length, checksum, hash);
+  }
+
+  /**
+   * Sends a segment whose bytes already lie in sub-allocations indices[0, count), at
+   * the fixed fragment data offsets, as one transfer-page packet (Linux drops a segment
+   * whose fragments span packets). Every fragment is an RNDIS PACKET with the PKTINFO_ID
+   * PPI (sub-allocation, first, last); the first also carries the checksum verdict and
+   * the RSS hash, which Linux applies to the whole segment (rsc_add_data). The PPIs go
+   * right before the data. The IP header must already describe the whole segment. The
+   * sub-allocations become one packet's; on false (no ring room) they are freed.
+   */
+  sendCoalesced(indices: Int32Array, count: number, length: number, checksum: number, hash: number): boolean {
+    const rb = this.nic.receiveBuffer!;
     const buf = rb.bytes;
     const id = (this.coalescedId = (this.coalescedId + 1) & 0xffff);
-    let head = -1;
-    let previous = -1;
-    let done = 0;
-    for (let i = 0; i < fragments; i++) {
-      const index = rb.allocate(); // cannot fail: freeCount was checked
-      if (previous < 0) head = index;
-      else rb.chain(previous, index);
-      previous = index;
+    const head = indices[0]!;
+    for (let i = 0, done = 0; i < count; i++) {
+      const index = indices[i]!;
+      if (i > 0) rb.chain(indices[i - 1]!, index);
       const first = i === 0;
-      const last = i === fragments - 1;
-      const ppiBytes = first ? firstPpiBytes : PPI_U32_RECORD_SIZE;
-      const n = Math.min(rb.subAllocSize - header - ppiBytes, length - done);
+      const last = i === count - 1;
+      const dataAt = first ? FIRST_FRAGMENT_DATA_OFFSET : LATER_FRAGMENT_DATA_OFFSET;
+      const n = Math.min(rb.subAllocSize - dataAt, length - done);
+      const ppiBytes = first ? PPI_U32_RECORD_SIZE * (hash !== NO_HASH ? 3 : 2) : PPI_U32_RECORD_SIZE;
       const at = rb.offsetOf(index);
-      encodeRndisPacketHeader(buf, at, ppiBytes, n);
-      let ppi = at + header;
+      encodeRndisPacketHeaderAt(buf, at, dataAt - ppiBytes, ppiBytes, dataAt, n);
+      let ppi = at + dataAt - ppiBytes;
       const flags = PacketInfoIdFlag.SubAllocation | (first ? PacketInfoIdFlag.FirstFragment : 0) | (last ? PacketInfoIdFlag.LastFragment : 0);
       ppi += writePacketIdPpi(buf, ppi, flags, id);
       if (first) {
         ppi += writeU32Ppi(buf, ppi, PpiType.TcpIpChecksum, checksum);
-        if (hash !== NO_HASH) ppi += writeU32Ppi(buf, ppi, PpiType.HashValue, hash);
+        if (hash !== NO_HASH) writeU32Ppi(buf, ppi, PpiType.HashValue, hash);
       }
-      buf.set(frame.subarray(done, done + n), ppi);
-      this.setRange(i, at, header + ppiBytes + n);
+      this.setRange(i, at, dataAt + n);
       done += n;
     }
-    if (!this.sendTransferPage(head, RndisChannelType.Data, fragments)) {
+    if (this.writer === null || !this.sendTransferPage(head, RndisChannelType.Data, count)) {
       rb.free(head);
       this.stats.rxDropped++;
       return false;
     }
     this.stats.rxFrames++;
     this.stats.rxCoalesced++;
+    this.stats.rxBytes += length;
+    return true;
+  }
+
+  /**
+   * Sends a frame (not a segment) that lies in sub-allocation `index` at the first
+   * fragment's data offset, read there in place; its PPIs go right before it. On false
+   * (no ring room) the sub-allocation is freed.
+   */
+  deliverInPlace(index: number, length: number, checksum: number, hash: number): boolean {
+    const rb = this.nic.receiveBuffer!;
+    const buf = rb.bytes;
+    const at = rb.offsetOf(index);
+    const dataAt = FIRST_FRAGMENT_DATA_OFFSET;
+    const ppiBytes = PPI_U32_RECORD_SIZE * (hash !== NO_HASH ? 2 : 1);
+    encodeRndisPacketHeaderAt(buf, at, dataAt - ppiBytes, ppiBytes, dataAt, length);
+    const ppi = at + dataAt - ppiBytes;
+    writeU32Ppi(buf, ppi, PpiType.TcpIpChecksum, checksum);
+    if (hash !== NO_HASH) writeU32Ppi(buf, ppi + PPI_U32_RECORD_SIZE, PpiType.HashValue, hash);
+    this.setRange(0, at, dataAt + length);
+    if (this.writer === null || !this.sendTransferPage(index, RndisChannelType.Data, 1)) {
+      rb.free(index);
+      this.stats.rxDropped++;
+      return false;
+    }
+    this.stats.rxFrames++;
     this.stats.rxBytes += length;
     return true;
   }

@@ -10,14 +10,15 @@
 // the guest repeats the whole bring-up on the next open (spec 2.2, teardown).
 import type { NetBackend, PacketOffload } from '../../backends/net/net-backend.js';
 import { PacketKind, ParsedPacket, parsePacket } from '../../backends/net/packet-parse.js';
-import { fillIpv4HeaderChecksum } from '../../backends/net/inet-checksum.js';
+import { fillIpv4HeaderChecksum, fillPartialChecksum } from '../../backends/net/inet-checksum.js';
+import { IovecList } from '../../sys/iovec.js';
 import { SegmentError, TcpSegmenter } from '../../backends/net/tcp-segmenter.js';
 import type { GuestMemory, PageMapping } from '../../memory/guest-memory.js';
 import { PAGE_SIZE } from '../../memory/page.js';
 import type { OpenChannel } from '../../vmbus/server/vmbus-device.js';
 import { NdisConfigCapability, NETVSC_SEND_SECTION_SIZE, NvspStatus, NvspVersion } from './nvsp-protocol.js';
-import { RxChecksum } from './per-packet-info.js';
-import { coalescedFragmentCount, MAX_COALESCED_FRAME, ReceiveBuffer, receiveSubAllocationSize } from './receive-buffer.js';
+import { RxChecksum, rxChecksumGood } from './per-packet-info.js';
+import { coalescedFragmentCount, FIRST_FRAGMENT_DATA_OFFSET, LATER_FRAGMENT_DATA_OFFSET, MAX_COALESCED_FRAGMENTS, MAX_COALESCED_FRAME, ReceiveBuffer, receiveSubAllocationSize } from './receive-buffer.js';
 import { RndisControl, type RndisDeviceInfo } from './rndis-control.js';
 import { NO_HASH } from './toeplitz.js';
 
@@ -40,6 +41,10 @@ export interface ReceiveQueue {
   deliverFrame(frame: Uint8Array, length: number, offload: PacketOffload | null, parsed: ParsedPacket, hash: number): boolean;
   /** Sends a large TCP segment whole as RSC fragments; `checksum` is the receive checksum PPI value. False: no room. */
   deliverCoalesced(frame: Uint8Array, length: number, checksum: number, hash: number): boolean;
+  /** Sends a segment already in sub-allocations indices[0, count) (read in place). False: no room, and they are freed. */
+  sendCoalesced(indices: Int32Array, count: number, length: number, checksum: number, hash: number): boolean;
+  /** Sends a frame already in sub-allocation `index` (read in place). False: no room, and it is freed. */
+  deliverInPlace(index: number, length: number, checksum: number, hash: number): boolean;
   /** Queues an RNDIS control message (a response or indication) for the guest. */
   queueControl(message: Uint8Array, length: number): void;
 }
@@ -94,6 +99,11 @@ export class NetvspNic implements RndisDeviceInfo {
   readonly queues: (ReceiveQueue | undefined)[] = [];
   private paused = false;
   private readonly parsed = new ParsedPacket();
+  /** The receive room the backend was last given: sub-allocations and where their data goes. */
+  private readonly roomIov = new IovecList(MAX_COALESCED_FRAGMENTS);
+  private readonly roomIndices = new Int32Array(MAX_COALESCED_FRAGMENTS);
+  private roomCount = 0;
+  private joined: Uint8Array | null = null;
   private segmenter: TcpSegmenter | null = null;
   private segmentBuffer: Uint8Array | null = null;
 
@@ -106,6 +116,11 @@ export class NetvspNic implements RndisDeviceInfo {
     this.backend = options.backend;
     this.rndis = new RndisControl(this);
     options.backend.onReceive((frame, length, offload) => this.onFrame(frame, length, offload));
+    options.backend.setReceiveTarget?.({
+      next: () => this.nextReceiveRoom(),
+      received: (length, offload) => this.receivedInPlace(length, offload),
+      unused: () => this.freeReceiveRoom(0),
+    });
   }
 
   get queueCount(): number {
@@ -267,7 +282,7 @@ export class NetvspNic implements RndisDeviceInfo {
   private deliverOne(frame: Uint8Array, length: number, offload: PacketOffload | null): boolean {
     const parsed = this.parsed;
     parsePacket(frame, 0, length, parsed);
-    const target = this.pickQueue(frame, parsed);
+    const target = this.pickQueue(frame, 0, parsed);
     return target.deliverFrame(frame, length, offload, parsed, this.hash);
   }
 
@@ -275,12 +290,12 @@ export class NetvspNic implements RndisDeviceInfo {
   private hash = NO_HASH;
 
   /** The receive queue for a parsed frame: RSS when the guest set it up, else the primary. */
-  private pickQueue(frame: Uint8Array, parsed: ParsedPacket): ReceiveQueue {
+  private pickQueue(frame: Uint8Array, offset: number, parsed: ParsedPacket): ReceiveQueue {
     const r = this.rndis;
     let queue = 0;
     this.hash = NO_HASH;
     if (r.rssEnabled) {
-      this.hash = r.toeplitz.hashPacket(frame, 0, parsed, r.rssHashInfo);
+      this.hash = r.toeplitz.hashPacket(frame, offset, parsed, r.rssHashInfo);
       if (this.hash !== NO_HASH) queue = r.rssTable.queueFor(this.hash);
     }
     const target = this.queues[queue];
@@ -315,30 +330,38 @@ export class NetvspNic implements RndisDeviceInfo {
    */
   private deliverCoalesced(frame: Uint8Array, length: number, offload: PacketOffload): void {
     const p = this.parsed;
-    const kind = parsePacket(frame, 0, length, p);
-    const v4 = offload.gso === 'tcpv4';
-    if (kind !== PacketKind.Tcp || p.isFragment || p.ipVersion !== (v4 ? 4 : 6) || length > MAX_COALESCED_FRAME) {
+    if (parsePacket(frame, 0, length, p) !== PacketKind.Tcp || !this.describeWholeSegment(frame, 0, length, offload, p)) {
       this.counters.rxBadGso++;
       return;
     }
+    const checksum = (p.ipVersion === 4 ? RxChecksum.IpSucceeded : 0) | RxChecksum.TcpSucceeded;
+    const target = this.pickQueue(frame, 0, p);
+    if (!target.deliverCoalesced(frame, length, checksum, this.hash)) this.counters.rxNoBuffer++;
+  }
+
+  /**
+   * Makes the IP header of a parsed TCP segment at frame[offset] describe the whole
+   * segment: lengths, and the IPv4 header checksum (which Linux verifies). False: not a
+   * segment that can be sent whole (fragment, wrong IP version for its GSO type, longer
+   * than 16-bit IP lengths allow).
+   */
+  private describeWholeSegment(frame: Uint8Array, offset: number, length: number, offload: PacketOffload, p: ParsedPacket): boolean {
+    const v4 = offload.gso === 'tcpv4';
+    if (p.isFragment || p.ipVersion !== (v4 ? 4 : 6) || length > MAX_COALESCED_FRAME) return false;
     const ipLength = length - p.l3Offset;
     // The IP length fields are 16 bits: a larger segment cannot be described (a TAP never makes one).
-    if (ipLength - (v4 ? 0 : 40) > 0xffff) {
-      this.counters.rxBadGso++;
-      return;
-    }
+    if (ipLength - (v4 ? 0 : 40) > 0xffff) return false;
+    const l3 = offset + p.l3Offset;
     if (v4) {
-      frame[p.l3Offset + 2] = ipLength >> 8;
-      frame[p.l3Offset + 3] = ipLength & 0xff;
-      fillIpv4HeaderChecksum(frame, p.l3Offset, p.l3HeaderLength);
+      frame[l3 + 2] = ipLength >> 8;
+      frame[l3 + 3] = ipLength & 0xff;
+      fillIpv4HeaderChecksum(frame, l3, p.l3HeaderLength);
     } else {
       const payload = ipLength - 40;
-      frame[p.l3Offset + 4] = payload >> 8;
-      frame[p.l3Offset + 5] = payload & 0xff;
+      frame[l3 + 4] = payload >> 8;
+      frame[l3 + 5] = payload & 0xff;
     }
-    const checksum = (v4 ? RxChecksum.IpSucceeded : 0) | RxChecksum.TcpSucceeded;
-    const target = this.pickQueue(frame, p);
-    if (!target.deliverCoalesced(frame, length, checksum, this.hash)) this.counters.rxNoBuffer++;
+    return true;
   }
 
   /**
@@ -366,6 +389,88 @@ export class NetvspNic implements RndisDeviceInfo {
       // The segmenter computed every checksum: report them good (null offload = verified).
       if (!this.deliverOne(out.subarray(at, at + n), n, null)) this.counters.rxNoBuffer++;
     }
+  }
+
+  // ---- reading in place ----
+
+  /**
+   * Whether the backend reads frames straight into the receive buffer: when the guest
+   * coalesces both IP versions, since a TAP may hand over a 64 KiB segment at any time
+   * and only a segment sent whole needs no copy.
+   */
+  private get readsInPlace(): boolean {
+    return this.receiveOpen && this.rndis.rscIpv4 && this.rndis.rscIpv6 && this.guestTakesRsc && this.receiveMapping !== null;
+  }
+
+  /** Room for the next frame: enough sub-allocations for a 64 KiB segment, at the fragment data offsets. */
+  private nextReceiveRoom(): IovecList | null {
+    const rb = this.receiveBuffer;
+    if (rb === null || !this.readsInPlace) return null;
+    const need = coalescedFragmentCount(MAX_COALESCED_FRAME, rb.subAllocSize);
+    if (need > MAX_COALESCED_FRAGMENTS || rb.freeCount < need) return null;
+    const base = Number(this.receiveMapping!.address);
+    const iov = this.roomIov;
+    iov.clear();
+    for (let i = 0; i < need; i++) {
+      const index = rb.allocate();
+      this.roomIndices[i] = index;
+      const dataAt = i === 0 ? FIRST_FRAGMENT_DATA_OFFSET : LATER_FRAGMENT_DATA_OFFSET;
+      iov.push(base + rb.offsetOf(index) + dataAt, rb.subAllocSize - dataAt);
+    }
+    this.roomCount = need;
+    return iov;
+  }
+
+  /** Frees the room's sub-allocations from `from` on. */
+  private freeReceiveRoom(from: number): void {
+    const rb = this.receiveBuffer;
+    for (let i = from; i < this.roomCount; i++) rb?.free(this.roomIndices[i]!);
+    this.roomCount = Math.min(this.roomCount, from);
+  }
+
+  /**
+   * A frame the backend read into the room: a segment for a coalescing guest is sent
+   * from there as fragments, a frame as one sub-allocation; what the frame did not fill
+   * is freed. Anything else (a GSO frame that is not TCP) is joined and takes the
+   * copying way.
+   */
+  private receivedInPlace(length: number, offload: PacketOffload): void {
+    const rb = this.receiveBuffer!;
+    const count = Math.min(coalescedFragmentCount(length, rb.subAllocSize), this.roomCount);
+    this.freeReceiveRoom(count);
+    this.roomCount = 0;
+    const indices = this.roomIndices;
+    const buf = rb.bytes;
+    const at = rb.offsetOf(indices[0]!) + FIRST_FRAGMENT_DATA_OFFSET;
+    try {
+      const p = this.parsed;
+      const kind = parsePacket(buf, at, Math.min(length, rb.subAllocSize - FIRST_FRAGMENT_DATA_OFFSET), p);
+      if (offload.gso === 'none' && count === 1) {
+        let good = offload.checksumValid;
+        if (offload.needsChecksum) good = fillPartialChecksum(buf, at, length, offload.checksumStart, offload.checksumOffset);
+        const checksum = good ? rxChecksumGood(p) : 0;
+        const target = this.pickQueue(buf, at, p);
+        if (!target.deliverInPlace(indices[0]!, length, checksum, this.hash)) this.counters.rxNoBuffer++;
+      } else if (offload.gso !== 'none' && this.coalesces(offload) && kind === PacketKind.Tcp && this.describeWholeSegment(buf, at, length, offload, p)) {
+        const target = this.pickQueue(buf, at, p);
+        if (!target.sendCoalesced(indices, count, length, (p.ipVersion === 4 ? RxChecksum.IpSucceeded : 0) | RxChecksum.TcpSucceeded, this.hash)) this.counters.rxNoBuffer++;
+      } else {
+        const joined = (this.joined ??= new Uint8Array(MAX_COALESCED_FRAME));
+        for (let i = 0, done = 0; i < count; i++) {
+          const dataAt = i === 0 ? FIRST_FRAGMENT_DATA_OFFSET : LATER_FRAGMENT_DATA_OFFSET;
+          const n = Math.min(rb.subAllocSize - dataAt, length - done);
+          const from = rb.offsetOf(indices[i]!) + dataAt;
+          joined.set(buf.subarray(from, from + n), done);
+          done += n;
+        }
+        for (let i = 0; i < count; i++) rb.free(indices[i]!);
+        this.onFrame(joined, length, offload);
+        return;
+      }
+    } catch (e) {
+      this.log(`netvsp: receive failed: ${(e as Error).stack ?? e}`);
+    }
+    if (!this.canAcceptMore()) this.pause();
   }
 
   /** Sub-allocations are free for the largest frame the backend may hand over, and every open channel has ring room for it. */

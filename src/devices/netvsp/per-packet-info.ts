@@ -8,6 +8,7 @@
 // exactly; Linux 6.1 loops forever on a record of size 0, a size past the end, or an
 // offset >= size, so a host must never send one, and the host rejects them from a guest.
 import { rd32, wr32 } from './le-bytes.js';
+import { PacketKind, type ParsedPacket } from '../../backends/net/packet-parse.js';
 
 export const PPI_HEADER_SIZE = 12;
 /** A record carrying one u32, the size Linux uses for every PPI it sends. */
@@ -61,6 +62,14 @@ export const RxChecksum = {
   TcpValueInvalid: 0x080,
   IpValueInvalid: 0x100,
 } as const;
+
+/** The receive checksum PPI value for a frame whose checksums are known good. */
+export function rxChecksumGood(parsed: ParsedPacket): number {
+  let v = parsed.ipVersion === 4 ? RxChecksum.IpSucceeded : 0;
+  if (parsed.kind === PacketKind.Tcp) v |= RxChecksum.TcpSucceeded;
+  else if (parsed.kind === PacketKind.Udp) v |= RxChecksum.UdpSucceeded;
+  return v;
+}
 
 /** LSO PPI `type` (bit 30) and `ip_version` (bit 31) values. */
 export const LSO_V2_TYPE = 1;

@@ -38,16 +38,26 @@ export const MAX_COALESCED_FRAME = 0xffff + ETHERNET_OVERHEAD;
 export const COALESCED_FIRST_PPI_BYTES = 3 * PPI_U32_RECORD_SIZE;
 
 /**
- * Sub-allocations a coalesced segment of `frameLength` bytes takes: each fragment is an
- * RNDIS PACKET header, its PPIs and as much of the frame as fits after them. The first
- * fragment's PPIs are `firstPpiBytes` (two records without an RSS hash, three with).
+ * Where a coalesced segment's bytes sit in its sub-allocations: after the RNDIS header and
+ * room for the PPIs, the largest set in the first fragment (id, checksum, hash), the id
+ * alone in the others. Fixed, so a backend can read a segment straight into place before
+ * anyone knows its PPIs; they are then written right before the data.
  */
-export function coalescedFragmentCount(frameLength: number, subAllocSize: number, firstPpiBytes = COALESCED_FIRST_PPI_BYTES): number {
-  const first = subAllocSize - RndisMessageSize.Packet - firstPpiBytes;
+export const FIRST_FRAGMENT_DATA_OFFSET = RndisMessageSize.Packet + COALESCED_FIRST_PPI_BYTES;
+export const LATER_FRAGMENT_DATA_OFFSET = RndisMessageSize.Packet + PPI_U32_RECORD_SIZE;
+
+/**
+ * Sub-allocations a coalesced segment of `frameLength` bytes takes: each fragment is an
+ * RNDIS PACKET header, room for its PPIs and as much of the frame as fits after them.
+ */
+export function coalescedFragmentCount(frameLength: number, subAllocSize: number): number {
+  const first = subAllocSize - FIRST_FRAGMENT_DATA_OFFSET;
   if (frameLength <= first) return 1;
-  const later = subAllocSize - RndisMessageSize.Packet - PPI_U32_RECORD_SIZE;
-  return 1 + Math.ceil((frameLength - first) / later);
+  return 1 + Math.ceil((frameLength - first) / (subAllocSize - LATER_FRAGMENT_DATA_OFFSET));
 }
+
+/** Most fragments of one coalesced segment: a 64 KiB segment in the smallest sub-allocations. */
+export const MAX_COALESCED_FRAGMENTS = coalescedFragmentCount(MAX_COALESCED_FRAME, HYPERV_RECEIVE_SECTION_SIZE);
 
 /** The sub-allocation size this host announces for a device MTU (payload bytes of an Ethernet frame). */
 export function receiveSubAllocationSize(mtu: number): number {

@@ -612,3 +612,27 @@ export function encodeRndisPacketHeader(target: Uint8Array, offset: number, ppiL
   wr32(target, offset + 32, ppiLength);
   return n;
 }
+
+/**
+ * The RNDIS PACKET header for a message whose PPIs and data sit at given offsets from the
+ * message start (ppiOffset >= 44, data after the PPIs), as a host lays out a receive
+ * sub-allocation whose frame was read in place: the data at a fixed offset, the PPIs
+ * right before it. Linux finds both by their offsets; bytes between are ignored.
+ */
+export function encodeRndisPacketHeaderAt(target: Uint8Array, offset: number, ppiOffset: number, ppiLength: number, dataOffset: number, dataLength: number): number {
+  const fixed = RndisMessageSize.Packet;
+  if (ppiOffset < fixed || dataOffset < ppiOffset + ppiLength) throw new RangeError(`RNDIS packet layout: PPIs at ${ppiOffset}+${ppiLength}, data at ${dataOffset}`);
+  const n = dataOffset + dataLength;
+  if (!Number.isInteger(offset) || offset < 0 || offset + fixed > target.length) {
+    throw new RangeError(`RNDIS packet header at ${offset} does not fit in ${target.length}`);
+  }
+  u32('msg_len', n);
+  target.fill(0, offset, offset + fixed);
+  wr32(target, offset, RndisMessageType.Packet);
+  wr32(target, offset + 4, n);
+  wr32(target, offset + 8, dataOffset - RNDIS_BODY_OFFSET);
+  wr32(target, offset + 12, dataLength);
+  wr32(target, offset + 28, ppiOffset - RNDIS_BODY_OFFSET);
+  wr32(target, offset + 32, ppiLength);
+  return n;
+}
