@@ -56,6 +56,8 @@ export interface NicCounters {
   rxNoBuffer: number;
   /** GSO frames from the backend that could not be segmented or coalesced. */
   rxBadGso: number;
+  /** Frames read in place that had to be joined and copied after all (a GSO frame that is not a TCP segment). */
+  rxJoined: number;
   rxPauses: number;
 }
 
@@ -76,7 +78,7 @@ export class NetvspNic implements RndisDeviceInfo {
   readonly offload: boolean;
   readonly backend: NetBackend;
   readonly rndis: RndisControl;
-  readonly counters: NicCounters = { rxNotReady: 0, rxNoBuffer: 0, rxBadGso: 0, rxPauses: 0 };
+  readonly counters: NicCounters = { rxNotReady: 0, rxNoBuffer: 0, rxBadGso: 0, rxJoined: 0, rxPauses: 0 };
 
   linkUp = true;
   nvspVersion = 0;
@@ -104,6 +106,7 @@ export class NetvspNic implements RndisDeviceInfo {
   private readonly roomIndices = new Int32Array(MAX_COALESCED_FRAGMENTS);
   private roomCount = 0;
   private joined: Uint8Array | null = null;
+  private headerCopy: Uint8Array | null = null;
   private segmenter: TcpSegmenter | null = null;
   private segmentBuffer: Uint8Array | null = null;
 
@@ -444,7 +447,16 @@ export class NetvspNic implements RndisDeviceInfo {
     const at = rb.offsetOf(indices[0]!) + FIRST_FRAGMENT_DATA_OFFSET;
     try {
       const p = this.parsed;
-      const kind = parsePacket(buf, at, Math.min(length, rb.subAllocSize - FIRST_FRAGMENT_DATA_OFFSET), p);
+      const firstLength = Math.min(length, rb.subAllocSize - FIRST_FRAGMENT_DATA_OFFSET);
+      // The headers are in the first fragment; a segment's length runs past it (and may
+      // run past the buffer's end), so its headers are parsed from a copy of that fragment.
+      let kind: PacketKind;
+      if (count === 1) kind = parsePacket(buf, at, length, p);
+      else {
+        const headers = (this.headerCopy ??= new Uint8Array(MAX_COALESCED_FRAME));
+        headers.set(buf.subarray(at, at + firstLength), 0);
+        kind = parsePacket(headers, 0, length, p);
+      }
       if (offload.gso === 'none' && count === 1) {
         let good = offload.checksumValid;
         if (offload.needsChecksum) good = fillPartialChecksum(buf, at, length, offload.checksumStart, offload.checksumOffset);
@@ -464,6 +476,7 @@ export class NetvspNic implements RndisDeviceInfo {
           done += n;
         }
         for (let i = 0; i < count; i++) rb.free(indices[i]!);
+        this.counters.rxJoined++;
         this.onFrame(joined, length, offload);
         return;
       }
