@@ -854,8 +854,14 @@ export class NetvspChannel implements ReceiveQueue {
     let ppi = at + RndisMessageSize.Packet;
     ppi += writeU32Ppi(buf, ppi, PpiType.TcpIpChecksum, checksum);
     if (hash !== NO_HASH) writeU32Ppi(buf, ppi, PpiType.HashValue, hash);
-    this.setRange(0, at, messageLength);
-    if (!this.sendTransferPage(index, RndisChannelType.Data, 1)) {
+    return this.sendOneFrame(index, messageLength, length);
+  }
+
+  /** Sends sub-allocation `index`, one RNDIS message of `messageLength` bytes carrying a `length`-byte frame. False: no ring room, and it is freed. */
+  private sendOneFrame(index: number, messageLength: number, length: number): boolean {
+    const rb = this.nic.receiveBuffer!;
+    this.setRange(0, rb.offsetOf(index), messageLength);
+    if (this.writer === null || !this.sendTransferPage(index, RndisChannelType.Data, 1)) {
       rb.free(index);
       this.stats.rxDropped++;
       return false;
@@ -949,15 +955,7 @@ export class NetvspChannel implements ReceiveQueue {
     const ppi = at + dataAt - ppiBytes;
     writeU32Ppi(buf, ppi, PpiType.TcpIpChecksum, checksum);
     if (hash !== NO_HASH) writeU32Ppi(buf, ppi + PPI_U32_RECORD_SIZE, PpiType.HashValue, hash);
-    this.setRange(0, at, dataAt + length);
-    if (this.writer === null || !this.sendTransferPage(index, RndisChannelType.Data, 1)) {
-      rb.free(index);
-      this.stats.rxDropped++;
-      return false;
-    }
-    this.stats.rxFrames++;
-    this.stats.rxBytes += length;
-    return true;
+    return this.sendOneFrame(index, dataAt + length, length);
   }
 
   queueControl(message: Uint8Array, length: number): void {

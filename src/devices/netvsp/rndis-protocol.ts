@@ -598,19 +598,7 @@ export function encodeRndisKeepaliveComplete(target: Uint8Array, offset: number,
  */
 export function encodeRndisPacketHeader(target: Uint8Array, offset: number, ppiLength: number, dataLength: number, padding = 0): number {
   const fixed = RndisMessageSize.Packet;
-  const n = fixed + ppiLength + dataLength + padding;
-  if (!Number.isInteger(offset) || offset < 0 || offset + fixed > target.length) {
-    throw new RangeError(`RNDIS packet header at ${offset} does not fit in ${target.length}`);
-  }
-  u32('msg_len', n);
-  target.fill(0, offset, offset + fixed);
-  wr32(target, offset, RndisMessageType.Packet);
-  wr32(target, offset + 4, n);
-  wr32(target, offset + 8, fixed - RNDIS_BODY_OFFSET + ppiLength);
-  wr32(target, offset + 12, dataLength);
-  wr32(target, offset + 28, fixed - RNDIS_BODY_OFFSET);
-  wr32(target, offset + 32, ppiLength);
-  return n;
+  return encodeRndisPacketHeaderAt(target, offset, fixed, ppiLength, fixed + ppiLength, dataLength, padding);
 }
 
 /**
@@ -619,10 +607,10 @@ export function encodeRndisPacketHeader(target: Uint8Array, offset: number, ppiL
  * sub-allocation whose frame was read in place: the data at a fixed offset, the PPIs
  * right before it. Linux finds both by their offsets; bytes between are ignored.
  */
-export function encodeRndisPacketHeaderAt(target: Uint8Array, offset: number, ppiOffset: number, ppiLength: number, dataOffset: number, dataLength: number): number {
+export function encodeRndisPacketHeaderAt(target: Uint8Array, offset: number, ppiOffset: number, ppiLength: number, dataOffset: number, dataLength: number, padding = 0): number {
   const fixed = RndisMessageSize.Packet;
   if (ppiOffset < fixed || dataOffset < ppiOffset + ppiLength) throw new RangeError(`RNDIS packet layout: PPIs at ${ppiOffset}+${ppiLength}, data at ${dataOffset}`);
-  const n = dataOffset + dataLength;
+  const n = dataOffset + dataLength + padding;
   if (!Number.isInteger(offset) || offset < 0 || offset + fixed > target.length) {
     throw new RangeError(`RNDIS packet header at ${offset} does not fit in ${target.length}`);
   }
