@@ -82,6 +82,8 @@ async function main(): Promise<void> {
       cpus: 2,
       replyTimeoutMs: (SECONDS + 60) * 1000,
       guestExposeDisks: mnt,
+      // One VM in this process, as under `enlighten run`.
+      pollInThread: true,
       log: (m) => logs.push(m),
       devices: (context) => {
         storage = new VmStorage({ poller: context.poller, server: context.server, cpus: 2, log: (m) => logs.push(m) });

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import { Epoll, EPOLLIN, Poller } from '../src/sys/epoll.js';
+import { Epoll, EPOLLIN, IN_THREAD_WAIT_MS, Poller } from '../src/sys/epoll.js';
 import { Errno, SysError } from '../src/sys/errors.js';
 import { EventFd } from '../src/sys/eventfd.js';
 import { closeFd } from '../src/sys/fd.js';
@@ -318,6 +318,45 @@ describe('Epoll', () => {
 });
 
 describe('Poller', () => {
+  // A thread that serves one VM waits for its fds itself (one thread switch per wake-up
+  // instead of two through the libuv pool). Only one Poller per thread may: two would
+  // take turns blocking and delay each other. Timers must still run, and add() must not
+  // call a handler before it returns.
+  test('waiting in the thread: handlers run, timers too; a second such Poller waits on the pool; stop frees the thread', async () => {
+    const a = EventFd.create();
+    const b = EventFd.create();
+    const first = new Poller((e) => assert.fail(String(e)), { waitInThreadMs: IN_THREAD_WAIT_MS });
+    const second = new Poller((e) => assert.fail(String(e)), { waitInThreadMs: IN_THREAD_WAIT_MS });
+    try {
+      assert.equal(first.waitsInThread, true);
+      assert.equal(second.waitsInThread, false, 'one Poller per thread waits in it');
+      let aCount = 0n;
+      let bCount = 0n;
+      a.signal();
+      first.add(a.fd, () => { aCount += a.drain(); });
+      assert.equal(aCount, 0n, 'add() never calls the handler itself');
+      await until(() => aCount === 1n, 'the in-thread handler');
+      second.add(b.fd, () => { bCount += b.drain(); });
+      b.signal();
+      await until(() => bCount === 1n, 'the pool handler');
+      // Ping-pong through both: timers (until's sleeps) keep running meanwhile.
+      for (let i = 0; i < 20; i++) {
+        a.signal();
+        await until(() => aCount === BigInt(2 + i), `round ${i}`);
+      }
+      assert.ok(first.stats.threadWakeups >= 21);
+      assert.equal(first.stats.poolWakeups, 0);
+    } finally {
+      await first.stop();
+      await second.stop();
+    }
+    const third = new Poller(() => {}, { waitInThreadMs: IN_THREAD_WAIT_MS });
+    assert.equal(third.waitsInThread, true, 'stop() gave the thread back');
+    await third.stop();
+    a.close();
+    b.close();
+  });
+
   test('calls handlers for readable fds; remove() stops them; stop() resolves and closes', async () => {
     const epollsBefore = anonInodes('eventpoll');
     const eventfdsBefore = anonInodes('eventfd');

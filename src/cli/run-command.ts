@@ -164,6 +164,8 @@ export async function runCommand(options: RunOptions, guestCommand: string[] = [
     guestMaxVersion: run.guestMaxVersion,
     guestExposeDisks: run.exposeDisks,
     guestExposeNics: run.exposeNics,
+    // This process runs this one VM: its event loop may wait for the VM's fds itself.
+    pollInThread: true,
     devices: (context) => {
       devices = createStandardDevices({ poller: context.poller, referenceTime: () => context.partition.referenceTime(), log });
       disks = new VmStorage({ poller: context.poller, server: context.server, cpus: run.cpus, log });

@@ -3,7 +3,7 @@
 // controls the CLI, the API and the tests use.
 import { EventEmitter } from 'node:events';
 import type { Worker } from 'node:worker_threads';
-import { Poller } from '../sys/epoll.js';
+import { IN_THREAD_WAIT_MS, Poller } from '../sys/epoll.js';
 import { ProcessPartition } from '../partition/process/process-partition.js';
 import type { GuestRequest, GuestToHost, GuestWorkerOptions } from '../partition/process/guest-control.js';
 import type { GuestReport } from '../guest/reference-guest.js';
@@ -29,6 +29,11 @@ export interface ProcessVmOptions {
   guestExposeDisks?: string;
   /** The reference guest surfaces each NIC it finds as a TAP device in this network namespace. */
   guestExposeNics?: string;
+  /**
+   * The host's Poller waits in this thread rather than on the libuv pool (PollerOptions):
+   * for a process that runs this one VM (`enlighten run`, the benchmarks).
+   */
+  pollInThread?: boolean;
 }
 
 export interface VmEvents {
@@ -50,7 +55,7 @@ export class ProcessVm extends EventEmitter<VmEvents> {
   constructor(private readonly options: ProcessVmOptions) {
     super();
     const log = options.log ?? (() => {});
-    this.poller = new Poller((e) => log(`event loop error: ${(e as Error).stack ?? e}`));
+    this.poller = new Poller((e) => log(`event loop error: ${(e as Error).stack ?? e}`), options.pollInThread ? { waitInThreadMs: IN_THREAD_WAIT_MS } : {});
     this.partition = new ProcessPartition({ memoryBytes: options.memoryBytes, vpCount: options.cpus, poller: this.poller, log });
     this.server = new VmbusServer({ partition: this.partition, maxVersion: options.maxVersion, log });
     this.devices = options.devices({ poller: this.poller, server: this.server, partition: this.partition });
