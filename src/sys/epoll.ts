@@ -106,6 +106,8 @@ export class Poller {
   /** ms per wait in this thread (see PollerOptions), or -1: wait on the pool. */
   private readonly inThreadMs: number;
   private immediate: NodeJS.Immediate | null = null;
+  /** The last in-thread turn ran handlers: the next one only checks. */
+  private busyTurn = false;
 
   constructor(private readonly onError: (error: unknown) => void = (e) => { throw e; }, options: PollerOptions = {}) {
     this.epoll.add(this.wake.fd, 0);
@@ -151,11 +153,17 @@ export class Poller {
   private readonly turnInThread = (): void => {
     this.immediate = null;
     if (this.stopped) return;
+    // After a turn that ran handlers, do not block: what they started (a promise that
+    // queues an immediate to publish a ring, say) runs after this turn, and would
+    // otherwise wait for the block to time out.
+    const ms = this.busyTurn ? 0 : this.inThreadMs;
     try {
-      this.epoll.wait(this.inThreadMs, this.ready);
+      this.epoll.wait(ms, this.ready);
     } catch (e) {
       this.onError(e);
+      this.ready.length = 0;
     }
+    this.busyTurn = this.ready.length > 0;
     if (this.ready.length > 0) {
       this.stats.threadWakeups++;
       this.dispatch(this.ready);
