@@ -74,14 +74,23 @@ export interface PollerOptions {
    * Wait in this thread's own epoll_wait, up to this many ms at a time, between turns of
    * the event loop, instead of on the libuv thread pool: a wake-up then costs one thread
    * switch instead of two. For a thread that serves one VM's data path; its timers and
-   * other I/O wait up to this long, and it wakes that often when idle. One Poller per
-   * thread may wait this way; another asking for it waits on the pool.
+   * other I/O wait up to this long (50 ms once it has been idle for about 50 ms). One
+   * Poller per thread may wait this way; another asking for it waits on the pool.
    */
   waitInThreadMs?: number;
 }
 
 /** The wait PollerOptions.waitInThreadMs users take: a timer or other I/O of the thread is late by at most this. */
 export const IN_THREAD_WAIT_MS = 1;
+
+/**
+ * After this many in-thread turns without a ready fd (about 50 ms)... The block never
+ * delays the Poller's own fds (epoll_wait returns as soon as one is ready), only the
+ * thread's timers and its other I/O.
+ */
+const IDLE_TURNS = 50;
+/** ...a turn blocks this long: timers and other I/O of an idle thread are late by at most this. */
+const IDLE_WAIT_MS = 50;
 
 /** Whether a Poller of this thread waits in it (module state is per thread). */
 let threadWaitTaken = false;
@@ -108,6 +117,8 @@ export class Poller {
   private immediate: NodeJS.Immediate | null = null;
   /** The last in-thread turn ran handlers: the next one only checks. */
   private busyTurn = false;
+  /** In-thread turns in a row that found no fd ready. */
+  private idleTurns = 0;
 
   constructor(private readonly onError: (error: unknown) => void = (e) => { throw e; }, options: PollerOptions = {}) {
     this.epoll.add(this.wake.fd, 0);
@@ -156,7 +167,9 @@ export class Poller {
     // After a turn that ran handlers, do not block: what they started (a promise that
     // queues an immediate to publish a ring, say) runs after this turn, and would
     // otherwise wait for the block to time out.
-    const ms = this.busyTurn ? 0 : this.inThreadMs;
+    // A thread idle for a while (no fd ready for IDLE_TURNS turns) blocks longer, so an
+    // idle VM costs almost nothing; the first event brings the short wait back.
+    const ms = this.busyTurn ? 0 : this.idleTurns >= IDLE_TURNS ? Math.max(this.inThreadMs, IDLE_WAIT_MS) : this.inThreadMs;
     try {
       this.epoll.wait(ms, this.ready);
     } catch (e) {
@@ -164,6 +177,7 @@ export class Poller {
       this.ready.length = 0;
     }
     this.busyTurn = this.ready.length > 0;
+    this.idleTurns = this.busyTurn ? 0 : this.idleTurns + 1;
     if (this.ready.length > 0) {
       this.stats.threadWakeups++;
       this.dispatch(this.ready);
