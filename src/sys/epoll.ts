@@ -180,12 +180,7 @@ export class Poller {
     this.idleTurns = this.busyTurn ? 0 : this.idleTurns + 1;
     if (this.ready.length > 0) {
       this.stats.threadWakeups++;
-      this.dispatch(this.ready);
-      for (let round = 0; round < EAGER_ROUNDS && !this.stopped; round++) {
-        if (this.epoll.wait(0, this.ready).length === 0) break;
-        this.stats.eagerRounds++;
-        this.dispatch(this.ready);
-      }
+      this.dispatchEagerly(this.ready);
     }
     if (!this.stopped) this.immediate = setImmediate(this.turnInThread);
   };
@@ -197,21 +192,27 @@ export class Poller {
       this.waiting = false;
       this.stats.poolWakeups++;
       if (error) this.onError(error);
-      this.dispatch(tokens);
-      // Whatever became ready while the handlers ran is taken now, without the thread-pool
-      // round trip (three thread wake-ups); a few rounds at most, so timers and the rest
-      // of the event loop still get their turn.
-      for (let round = 0; round < EAGER_ROUNDS && !this.stopped; round++) {
-        if (this.epoll.wait(0, this.ready).length === 0) break;
-        this.stats.eagerRounds++;
-        this.dispatch(this.ready);
-      }
+      this.dispatchEagerly(tokens);
       if (this.stopped) {
         this.finish();
         return;
       }
       this.loop();
     });
+  }
+
+  /**
+   * Runs the handlers of `tokens`, then takes whatever became ready while they ran
+   * without another wait (through the pool: three thread wake-ups); a few rounds at
+   * most, so timers and the rest of the event loop still get their turn.
+   */
+  private dispatchEagerly(tokens: readonly number[]): void {
+    this.dispatch(tokens);
+    for (let round = 0; round < EAGER_ROUNDS && !this.stopped; round++) {
+      if (this.epoll.wait(0, this.ready).length === 0) break;
+      this.stats.eagerRounds++;
+      this.dispatch(this.ready);
+    }
   }
 
   private dispatch(tokens: readonly number[]): void {

@@ -225,12 +225,8 @@ export class TapBackend implements NetBackend {
         for (let k = 0; k < dest.count; k++) iov.push(dest.addressAt(k), dest.lengthAt(k));
         n = this.tap.readv(iov);
       } else n = this.tap.read(this.rxAddressNumber, FRAME_BUFFER_BYTES);
-      if (n < 0 || (dest !== null && n - headerBytes > dest.byteLength)) {
+      if (n < 0) {
         if (dest !== null) this.target!.unused();
-        if (n >= 0) {
-          this.stats.rxDropped++; // longer than the target's room: cut short, so dropped
-          continue;
-        }
         if (n === -Errno.EINTR) continue;
         if (n !== -Errno.EAGAIN) {
           // The device is gone (EBADFD) or broken: epoll is level-triggered and would wake

@@ -82,7 +82,7 @@ import {
   writePacketIdPpi,
   writeU32Ppi,
 } from './per-packet-info.js';
-import { coalescedFragmentCount, FIRST_FRAGMENT_DATA_OFFSET, LATER_FRAGMENT_DATA_OFFSET, MAX_COALESCED_FRAGMENTS } from './receive-buffer.js';
+import { coalescedFragmentCount, FIRST_FRAGMENT_DATA_OFFSET, fragmentDataOffset, MAX_COALESCED_FRAGMENTS } from './receive-buffer.js';
 import { RNDIS_CONTROL_RESPONSE_MAX } from './rndis-control.js';
 import { encodeRndisPacketHeader, encodeRndisPacketHeaderAt, RndisDecoder, RndisError, RndisMessageSize, type RndisPacket } from './rndis-protocol.js';
 import { NO_HASH } from './toeplitz.js';
@@ -467,8 +467,11 @@ export class NetvspChannel implements ReceiveQueue {
 
   /** The NVSP status for the packet, or -1 when the backend refused a frame (retry). */
   private gatherAndProcess(reader: RingReader, packet: PacketView, m: NvspRndisPacket): number {
-    if (packet.type === PacketType.DataUsingGpaDirect && m.sectionIndex === NVSP_INVALID_SECTION_INDEX && this.skipMessages === 0) {
-      const status = this.transmitInPlace(reader, packet);
+    // The GPA-direct header is decoded once, for whichever way the packet goes.
+    const gpaDirect = packet.type === PacketType.DataUsingGpaDirect;
+    if (gpaDirect && !this.decodeRanges(reader, packet)) return NvspStatus.InvalidRndisPacket;
+    if (gpaDirect && m.sectionIndex === NVSP_INVALID_SECTION_INDEX && this.skipMessages === 0) {
+      const status = this.transmitInPlace();
       if (status !== IN_PLACE_DECLINED) return status;
     }
     const buf = this.txBytes;
@@ -483,8 +486,8 @@ export class NetvspChannel implements ReceiveQueue {
       buf.set(send.subarray(start, start + m.sectionSize), 0);
       total = m.sectionSize;
     }
-    if (packet.type === PacketType.DataUsingGpaDirect) {
-      const more = this.gatherPages(reader, packet, total);
+    if (gpaDirect) {
+      const more = this.gatherPages(total);
       if (more < 0) return NvspStatus.InvalidRndisPacket;
       total = more;
     }
@@ -521,14 +524,13 @@ export class NetvspChannel implements ReceiveQueue {
   }
 
   /**
-   * A GPA-direct packet holding one large RNDIS PACKET: the first TX_HEAD_BYTES are
+   * A GPA-direct packet (ranges decoded) holding one large RNDIS PACKET: the first TX_HEAD_BYTES are
    * copied and parsed, the rest of the frame goes to the backend from guest RAM. Returns
    * the NVSP status, -1 (backend refused: retry), or IN_PLACE_DECLINED when the packet
    * is better copied whole (small, several messages, a VLAN tag to insert, headers
    * beyond the copied bytes) or is malformed (the copy path says why).
    */
-  private transmitInPlace(reader: RingReader, packet: PacketView): number {
-    if (!this.decodeRanges(reader, packet)) return NvspStatus.InvalidRndisPacket;
+  private transmitInPlace(): number {
     const memory = this.memory!;
     const base = Number(memory.base);
     const stream = this.txStream;
@@ -590,9 +592,8 @@ export class NetvspChannel implements ReceiveQueue {
     return true;
   }
 
-  /** Appends the GPA-direct ranges' bytes to txBytes from `total`; returns the new total or -1. */
-  private gatherPages(reader: RingReader, packet: PacketView, total: number): number {
-    if (!this.decodeRanges(reader, packet)) return -1;
+  /** Appends the decoded GPA-direct ranges' bytes to txBytes from `total`; returns the new total or -1. */
+  private gatherPages(total: number): number {
     const ranges = this.gpaRanges;
     const memory = this.memory!;
     const ram = memory.bytes;
@@ -887,7 +888,7 @@ export class NetvspChannel implements ReceiveQueue {
     for (let i = 0, done = 0; i < fragments; i++) {
       const index = rb.allocate(); // cannot fail: freeCount was checked
       indices[i] = index;
-      const dataAt = i === 0 ? FIRST_FRAGMENT_DATA_OFFSET : LATER_FRAGMENT_DATA_OFFSET;
+      const dataAt = fragmentDataOffset(i);
       const n = Math.min(rb.subAllocSize - dataAt, length - done);
       rb.bytes.set(frame.subarray(done, done + n), rb.offsetOf(index) + dataAt);
       done += n;
@@ -914,7 +915,7 @@ export class NetvspChannel implements ReceiveQueue {
       if (i > 0) rb.chain(indices[i - 1]!, index);
       const first = i === 0;
       const last = i === count - 1;
-      const dataAt = first ? FIRST_FRAGMENT_DATA_OFFSET : LATER_FRAGMENT_DATA_OFFSET;
+      const dataAt = fragmentDataOffset(i);
       const n = Math.min(rb.subAllocSize - dataAt, length - done);
       const ppiBytes = first ? PPI_U32_RECORD_SIZE * (hash !== NO_HASH ? 3 : 2) : PPI_U32_RECORD_SIZE;
       const at = rb.offsetOf(index);

@@ -18,7 +18,7 @@ import { PAGE_SIZE } from '../../memory/page.js';
 import type { OpenChannel } from '../../vmbus/server/vmbus-device.js';
 import { NdisConfigCapability, NETVSC_SEND_SECTION_SIZE, NvspStatus, NvspVersion } from './nvsp-protocol.js';
 import { RxChecksum, rxChecksumGood } from './per-packet-info.js';
-import { coalescedFragmentCount, FIRST_FRAGMENT_DATA_OFFSET, LATER_FRAGMENT_DATA_OFFSET, MAX_COALESCED_FRAGMENTS, MAX_COALESCED_FRAME, ReceiveBuffer, receiveSubAllocationSize } from './receive-buffer.js';
+import { coalescedFragmentCount, FIRST_FRAGMENT_DATA_OFFSET, fragmentDataOffset, MAX_COALESCED_FRAGMENTS, MAX_COALESCED_FRAME, ReceiveBuffer, receiveSubAllocationSize } from './receive-buffer.js';
 import { RndisControl, type RndisDeviceInfo } from './rndis-control.js';
 import { NO_HASH } from './toeplitz.js';
 
@@ -417,7 +417,7 @@ export class NetvspNic implements RndisDeviceInfo {
     for (let i = 0; i < need; i++) {
       const index = rb.allocate();
       this.roomIndices[i] = index;
-      const dataAt = i === 0 ? FIRST_FRAGMENT_DATA_OFFSET : LATER_FRAGMENT_DATA_OFFSET;
+      const dataAt = fragmentDataOffset(i);
       iov.push(base + rb.offsetOf(index) + dataAt, rb.subAllocSize - dataAt);
     }
     this.roomCount = need;
@@ -469,7 +469,7 @@ export class NetvspNic implements RndisDeviceInfo {
       } else {
         const joined = (this.joined ??= new Uint8Array(MAX_COALESCED_FRAME));
         for (let i = 0, done = 0; i < count; i++) {
-          const dataAt = i === 0 ? FIRST_FRAGMENT_DATA_OFFSET : LATER_FRAGMENT_DATA_OFFSET;
+          const dataAt = fragmentDataOffset(i);
           const n = Math.min(rb.subAllocSize - dataAt, length - done);
           const from = rb.offsetOf(indices[i]!) + dataAt;
           joined.set(buf.subarray(from, from + n), done);

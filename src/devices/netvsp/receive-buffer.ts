@@ -46,6 +46,11 @@ export const COALESCED_FIRST_PPI_BYTES = 3 * PPI_U32_RECORD_SIZE;
 export const FIRST_FRAGMENT_DATA_OFFSET = RndisMessageSize.Packet + COALESCED_FIRST_PPI_BYTES;
 export const LATER_FRAGMENT_DATA_OFFSET = RndisMessageSize.Packet + PPI_U32_RECORD_SIZE;
 
+/** Where fragment `i` of a coalesced segment keeps its data in its sub-allocation. */
+export function fragmentDataOffset(i: number): number {
+  return i === 0 ? FIRST_FRAGMENT_DATA_OFFSET : LATER_FRAGMENT_DATA_OFFSET;
+}
+
 /**
  * Sub-allocations a coalesced segment of `frameLength` bytes takes: each fragment is an
  * RNDIS PACKET header, room for its PPIs and as much of the frame as fits after them.

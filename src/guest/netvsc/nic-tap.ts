@@ -95,18 +95,9 @@ export class NicTap {
   private toTap(frame: Uint8Array, offset: number, length: number, offload: PacketOffload): void {
     const hb = VIRTIO_NET_HDR_V1_BYTES;
     if (this.closed || length + hb > BUFFER_BYTES) return void this.stats.dropped++;
-    const h = this.header.clear();
     this.txBytes.set(frame.subarray(offset, offset + length), hb);
-    if (length > this.nic.mtu + ETH_HLEN && offload.checksumValid) {
-      if (!this.describeCoalesced(length, h)) return void this.stats.dropped++;
-    } else if (offload.checksumValid) h.flags = VirtioNetFlag.DataValid;
-    if (encodeVirtioNetHeader(h, this.txView, 0, hb, length) !== null) return void this.stats.dropped++;
-    const n = this.tap.write(Number(this.txAddress), hb + length);
-    if (n < 0) this.stats.dropped++;
-    else {
-      this.stats.toTap++;
-      if (h.gsoType !== VirtioGso.None) this.stats.coalescedToTap++;
-    }
+    if (!this.writeHeader(length, offload)) return void this.stats.dropped++;
+    this.count(this.tap.write(Number(this.txAddress), hb + length));
   }
 
   /**
@@ -118,12 +109,8 @@ export class NicTap {
     const first = g.lengths[0]!;
     if (!Number.isFinite(g.address) || hb + first > BUFFER_BYTES) return false; // joined and sent through toTap
     if (this.closed) return true;
-    const h = this.header.clear();
     this.txBytes.set(bytes.subarray(g.offsets[0]!, g.offsets[0]! + first), hb);
-    let ok = true;
-    if (g.length > this.nic.mtu + ETH_HLEN && offload.checksumValid) ok = this.describeCoalesced(g.length, h);
-    else if (offload.checksumValid) h.flags = VirtioNetFlag.DataValid;
-    if (!ok || encodeVirtioNetHeader(h, this.txView, 0, hb, g.length) !== null) {
+    if (!this.writeHeader(g.length, offload)) {
       this.stats.dropped++;
       return true;
     }
@@ -131,13 +118,30 @@ export class NicTap {
     iov.clear();
     iov.push(Number(this.txAddress), hb + first);
     for (let i = 1; i < g.count; i++) iov.push(g.address + g.offsets[i]!, g.lengths[i]!);
-    const n = this.tap.writev(iov);
+    this.count(this.tap.writev(iov));
+    return true;
+  }
+
+  /**
+   * Writes the vnet header for a `length`-byte frame whose headers are in txBytes after
+   * it: DATA_VALID for a verified frame, GSO for a verified segment longer than the MTU.
+   * False: the frame cannot go into the TAP.
+   */
+  private writeHeader(length: number, offload: PacketOffload): boolean {
+    const h = this.header.clear();
+    if (length > this.nic.mtu + ETH_HLEN && offload.checksumValid) {
+      if (!this.describeCoalesced(length, h)) return false;
+    } else if (offload.checksumValid) h.flags = VirtioNetFlag.DataValid;
+    return encodeVirtioNetHeader(h, this.txView, 0, VIRTIO_NET_HDR_V1_BYTES, length) === null;
+  }
+
+  /** Counts a TAP write's result (the header writeHeader made). */
+  private count(n: number): void {
     if (n < 0) this.stats.dropped++;
     else {
       this.stats.toTap++;
-      if (h.gsoType !== VirtioGso.None) this.stats.coalescedToTap++;
+      if (this.header.gsoType !== VirtioGso.None) this.stats.coalescedToTap++;
     }
-    return true;
   }
 
   /**
