@@ -200,6 +200,13 @@ test('multi-queue: with 2 queues, flows to the guest spread over both channels (
     const channels = (JSON.parse(list.stdout) as { channels: { subChannelIndex: number; rxFrames: number }[] }[])[0]!.channels;
     assert.equal(channels.length, 2, JSON.stringify(channels));
     for (const c of channels) assert.ok(c.rxFrames > 100, `channel ${c.subChannelIndex} carried flows: ${JSON.stringify(channels)}`);
+    // inspect has a row per channel, each with that channel's own counters (not the NIC's sum).
+    const inspect = await runTool(process.execPath, [BIN, 'inspect', '--json', '--api-socket', vm.api]);
+    assert.equal(inspect.code, 0, inspect.stderr);
+    const rows = (JSON.parse(inspect.stdout.split('\n')[0]!) as { channels: { name: string; packetsOut: number }[] }).channels.filter((c) => c.name === 'network');
+    assert.equal(rows.length, 2, inspect.stdout);
+    for (const r of rows) assert.ok(r.packetsOut > 100, JSON.stringify(rows));
+    assert.notEqual(rows[0]!.packetsOut, rows[1]!.packetsOut, `each row counts its own channel: ${JSON.stringify(rows)}`);
   } finally {
     await vm.stop();
     deleteNetns(g);

@@ -465,6 +465,9 @@ describe('StorVSP sub-channels', () => {
       const total = rig.device.counters() as { packetsIn: number; requests: number } | null;
       assert.equal(total?.requests, 8);
       assert.equal(total?.packetsIn, per.reduce((n, c) => n + c.packetsIn, 0));
+      // inspect shows one row per channel: each row gets that channel's own counters.
+      for (const c of per) assert.deepEqual(rig.device.counters(c.subChannelIndex), { packetsIn: c.packetsIn, packetsOut: c.packetsOut, signalsIn: c.signalsIn, signalsOut: c.signalsOut, requests: c.requests });
+      assert.equal(rig.device.counters(7), null, 'no such sub-channel');
     } finally {
       for (const s of subs) rig.device.close(s.open);
       rig.cleanup();

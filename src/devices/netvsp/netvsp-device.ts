@@ -133,11 +133,11 @@ export class NetvspDevice implements VmbusDevice {
     if (index === 0) this.nic.resetSession();
   }
 
-  counters(): ChannelCounters | null {
+  counters(subChannelIndex?: number): ChannelCounters | null {
     let any = false;
     const sum = { packetsIn: 0, packetsOut: 0, signalsIn: 0, signalsOut: 0 };
     for (const c of this.channels.values()) {
-      if (!c.isOpen) continue;
+      if (!c.isOpen || (subChannelIndex !== undefined && c.subChannelIndex !== subChannelIndex)) continue;
       any = true;
       sum.packetsIn += c.stats.packetsIn;
       sum.packetsOut += c.stats.packetsOut;

@@ -51,8 +51,11 @@ export interface VmbusDevice {
   open(channel: OpenChannel): number | Promise<number>;
   /** The channel closed (guest close, rescind, unload, failure). Stop touching its rings. */
   close(channel: OpenChannel): void;
-  /** Packet and signal counters of the open channel, for inspect. */
-  counters?(): ChannelCounters | null;
+  /**
+   * Packet and signal counters, for inspect: of the open sub-channel `subChannelIndex`,
+   * or summed over every open channel of the device when it is left out.
+   */
+  counters?(subChannelIndex?: number): ChannelCounters | null;
 }
 
 export interface ChannelCounters {

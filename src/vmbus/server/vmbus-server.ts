@@ -175,7 +175,7 @@ export class VmbusServer extends EventEmitter<ServerEvents> {
         ...info,
         incomingFill: open ? ringFill(open.incoming) : null,
         outgoingFill: open ? ringFill(open.outgoing) : null,
-        counters: open ? (channel.device.counters?.() ?? null) : null,
+        counters: open ? (channel.device.counters?.(channel.subChannelIndex) ?? null) : null,
       };
     });
   }
