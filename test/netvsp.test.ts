@@ -419,9 +419,17 @@ describe('receive buffer allocator', () => {
   // frame's bytes overwritten by another's) or lets a forged completion naming the middle
   // of a chain free part of it while the guest still owns the rest. The model is the set
   // of packets out, each the list of its sub-allocations, head first.
-  test('fast-check: allocate / chain / free keep every index out once, count free ones exactly, free only whole packets', () => {
+  // A NIC reading in place holds sub-allocations reserved between reads (its standing
+  // room): a forged completion naming one must not free it under the host, and claim /
+  // release / chaining a reserved one into a packet keep the books exact.
+  test('fast-check: allocate / reserve / chain / free keep every index out once, count free ones exactly, free only whole packets', () => {
     type Op =
       | { kind: 'alloc' }
+      | { kind: 'reserve' }
+      | { kind: 'claim'; pick: number }
+      | { kind: 'release'; pick: number }
+      | { kind: 'chain-reserved'; pick: number; into: number }
+      | { kind: 'forge-reserved'; pick: number }
       | { kind: 'chain'; pick: number }
       | { kind: 'free-head'; pick: number }
       | { kind: 'free-member'; pick: number; at: number }
@@ -429,6 +437,11 @@ describe('receive buffer allocator', () => {
       | { kind: 'complete'; pick: number; wrongGeneration: boolean };
     const op: fc.Arbitrary<Op> = fc.oneof(
       fc.constant({ kind: 'alloc' as const }),
+      fc.constant({ kind: 'reserve' as const }),
+      fc.record({ kind: fc.constant('claim' as const), pick: fc.nat() }),
+      fc.record({ kind: fc.constant('release' as const), pick: fc.nat() }),
+      fc.record({ kind: fc.constant('chain-reserved' as const), pick: fc.nat(), into: fc.nat() }),
+      fc.record({ kind: fc.constant('forge-reserved' as const), pick: fc.nat() }),
       fc.record({ kind: fc.constant('chain' as const), pick: fc.nat() }),
       fc.record({ kind: fc.constant('chain' as const), pick: fc.nat() }),
       fc.record({ kind: fc.constant('free-head' as const), pick: fc.nat() }),
@@ -441,24 +454,65 @@ describe('receive buffer allocator', () => {
         const rb = new ReceiveBuffer(new Uint8Array(count * 1728 + 17), 1728);
         assert.equal(rb.count, count);
         const packets: number[][] = [];
-        const outstanding = () => packets.reduce((n, p) => n + p.length, 0);
+        const reserved: number[] = [];
+        const outstanding = () => packets.reduce((n, p) => n + p.length, 0) + reserved.length;
         const owner = (i: number) => packets.findIndex((p) => p.includes(i));
         const check = (what: string) => {
           assert.equal(rb.freeCount, count - outstanding(), `freeCount after ${what}`);
-          for (let i = 0; i < count; i++) assert.equal(rb.isAllocated(i), owner(i) >= 0, `isAllocated(${i}) after ${what}`);
+          for (let i = 0; i < count; i++) assert.equal(rb.isAllocated(i), owner(i) >= 0 || reserved.includes(i), `isAllocated(${i}) after ${what}`);
         };
-        const freshIndex = (): number => {
-          const i = rb.allocate();
+        const freshIndex = (reserve = false): number => {
+          const i = reserve ? rb.reserve() : rb.allocate();
           if (outstanding() === count) {
             assert.equal(i, -1, 'nothing free: -1');
             return -1;
           }
           assert.ok(Number.isInteger(i) && i >= 0 && i < count, `index ${i} in range`);
           assert.equal(owner(i), -1, `index ${i} handed out while still outstanding`);
+          assert.ok(!reserved.includes(i), `index ${i} handed out while reserved`);
           return i;
         };
         for (const o of ops) {
           switch (o.kind) {
+            case 'reserve': {
+              const i = freshIndex(true);
+              if (i >= 0) reserved.push(i);
+              break;
+            }
+            case 'claim': {
+              if (reserved.length === 0) break;
+              const [i] = reserved.splice(o.pick % reserved.length, 1);
+              rb.claim(i!);
+              packets.push([i!]);
+              break;
+            }
+            case 'release': {
+              if (reserved.length === 0) {
+                assert.equal(rb.release(0), false, 'nothing reserved: nothing to release');
+                break;
+              }
+              const [i] = reserved.splice(o.pick % reserved.length, 1);
+              assert.equal(rb.release(i!), true);
+              assert.equal(rb.release(i!), false, 'released twice');
+              break;
+            }
+            case 'chain-reserved': {
+              if (reserved.length === 0 || packets.length === 0) break;
+              const [i] = reserved.splice(o.pick % reserved.length, 1);
+              const p = packets[o.into % packets.length]!;
+              rb.chain(p.at(-1)!, i!);
+              p.push(i!);
+              break;
+            }
+            case 'forge-reserved': {
+              // The guest never saw a reserved sub-allocation: a completion or free naming it changes nothing.
+              if (reserved.length === 0) break;
+              const i = reserved[o.pick % reserved.length]!;
+              const id = rb.transactionIdFor(i);
+              assert.equal(rb.complete(id % 2 ** 32, Math.floor(id / 2 ** 32)), false, 'a completion cannot free a reserved sub-allocation');
+              assert.equal(rb.free(i), false);
+              break;
+            }
             case 'alloc': {
               const i = freshIndex();
               if (i >= 0) packets.push([i]);
@@ -521,7 +575,7 @@ describe('receive buffer allocator', () => {
           assert.ok(!rest.has(i), `index ${i} twice on the free stack`);
           rest.add(i);
         }
-        for (let i = 0; i < count; i++) assert.equal(rest.has(i), owner(i) < 0, `index ${i} free iff not out`);
+        for (let i = 0; i < count; i++) assert.equal(rest.has(i), owner(i) < 0 && !reserved.includes(i), `index ${i} free iff not out`);
       }),
       { numRuns: 300 },
     );
@@ -1106,6 +1160,53 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     rig.backend.target = target;
     assert.ok(rig.backend.injectedInPlace >= 30);
     assert.equal(rig.device.stats().nic.rxJoined, 0, 'every frame read in place was sent from where it lay');
+    assert.equal(rig.guest.failures.length, 0);
+  });
+
+  // Every read from a TAP batch ends in EAGAIN; the room it offered then stands for the
+  // next read instead of being given back and taken again. A frame takes only the
+  // sub-allocations it filled; the guest's completions bring the buffer back to exactly
+  // the standing room; turning RSC off gives that back too.
+  test('the receive room stands between reads: nothing is reserved again for a read that brought nothing, and nothing leaks', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
+    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    const target = rig.backend.target!;
+    const rb = rig.device.nic.receiveBuffer!;
+    const need = coalescedFragmentCount(MAX_COALESCED_FRAME, rb.subAllocSize);
+    const room = target.next()!;
+    assert.ok(room !== null && room.count === need);
+    const version = room.version;
+    assert.equal(rb.freeCount, rb.count - need, 'the room is reserved');
+    for (let i = 0; i < 50; i++) {
+      target.unused(); // the read found nothing
+      assert.equal(target.next(), room);
+      assert.equal(room.version, version, 'an untouched room is not rebuilt');
+    }
+    assert.equal(rb.freeCount, rb.count - need);
+    const receive = async (frame: Uint8Array, gso: boolean) => {
+      if (gso) injectGso(rig, frame);
+      else rig.backend.inject([frame]);
+      const p = await rig.guest.next('the frame');
+      const fragments = readFragments(rig, p);
+      completeReceive(rig.guest, p.transactionId);
+      await waitFor(() => rig.guest.consumed, 'the host to read the completion');
+      return fragments.length;
+    };
+    assert.equal(await receive(tcpFrame({ payload: 40 }), false), 1);
+    assert.equal(await receive(gsoFrame({ payload: 30000 }), true), coalescedFragmentCount(14 + 20 + 20 + 30000, rb.subAllocSize));
+    assert.equal(await receive(tcpFrame({ payload: 1000 }), false), 1);
+    assert.equal(rig.backend.injectedInPlace, 3);
+    // After the last read the room was topped up on the next one: only it is out.
+    assert.equal(target.next()!.count, need);
+    assert.equal(rb.freeCount, rb.count - need, 'every completed frame came back; only the room is reserved');
+    assert.equal(rig.device.stats().nic.rxJoined, 0);
+    // RSC off: frames are copied again, and the room goes back to the guest's buffer.
+    assert.equal(await setRsc(rig, 1, 1), NdisStatus.Success);
+    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    assert.equal(target.next(), null);
+    assert.equal(rb.freeCount, rb.count, 'the room was given back');
     assert.equal(rig.guest.failures.length, 0);
   });
 

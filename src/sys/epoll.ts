@@ -16,6 +16,8 @@ export class Epoll {
   private readonly ctlEvent = Buffer.alloc(EVENT_SIZE);
   private readonly events: Buffer;
   private closed = false;
+  /** What waitAsync hands its callback, reused so a wake-up allocates nothing. */
+  private readonly asyncTokens: number[] = [];
 
   constructor(readonly maxEvents = 64) {
     this.fd = check('epoll_create1', raw.epoll_create1(EPOLL_CLOEXEC) as number);
@@ -24,6 +26,7 @@ export class Epoll {
 
   /** Watches fd for readability; `token` comes back from wait(). */
   add(fd: number, token: number, events = EPOLLIN): void {
+    if (!Number.isSafeInteger(token) || token < 0) throw new RangeError(`epoll token ${token} is not a safe non-negative integer`);
     this.ctlEvent.writeUInt32LE(events, 0);
     this.ctlEvent.writeBigUInt64LE(BigInt(token), 4);
     check('epoll_ctl(ADD)', raw.epoll_ctl(this.fd, EPOLL_CTL_ADD, fd, this.ctlEvent) as number);
@@ -41,20 +44,27 @@ export class Epoll {
       if (errno() === Errno.EINTR) return out;
       throw new SysError('epoll_wait', errno());
     }
-    for (let i = 0; i < n; i++) out.push(Number(this.events.readBigUInt64LE(i * EVENT_SIZE + 4)));
+    for (let i = 0; i < n; i++) out.push(this.tokenAt(i));
     return out;
   }
 
-  /** Waits on the libuv thread pool; the calling thread's event loop keeps running. */
+  /** The token of ready event i, read as two words: a BigInt per event would be an allocation per wake-up. */
+  private tokenAt(i: number): number {
+    const at = i * EVENT_SIZE + 4;
+    return this.events.readUInt32LE(at) + this.events.readUInt32LE(at + 4) * 0x1_0000_0000;
+  }
+
+  /**
+   * Waits on the libuv thread pool; the calling thread's event loop keeps running. The
+   * tokens array is this Epoll's own, reused by the next waitAsync: read it in `done`.
+   */
   waitAsync(timeoutMs: number, done: (error: Error | null, tokens: number[]) => void): void {
     raw.epoll_wait.async(this.fd, this.events, this.maxEvents, timeoutMs, (err: unknown, n: number) => {
-      if (err) return done(err as Error, []);
-      if (n === -1) {
-        // errno of a pool thread is not ours to read; EINTR is the only expected failure.
-        return done(null, []);
-      }
-      const tokens: number[] = [];
-      for (let i = 0; i < n; i++) tokens.push(Number(this.events.readBigUInt64LE(i * EVENT_SIZE + 4)));
+      const tokens = this.asyncTokens;
+      tokens.length = 0;
+      if (err) return done(err as Error, tokens);
+      // n === -1: errno of a pool thread is not ours to read; EINTR is the only expected failure.
+      for (let i = 0; i < n; i++) tokens.push(this.tokenAt(i));
       done(null, tokens);
     });
   }

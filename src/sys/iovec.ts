@@ -16,6 +16,8 @@ export class IovecList {
   count = 0;
   /** Sum of the lengths in use. */
   byteLength = 0;
+  /** Changes whenever the entries do: a user that copied them can tell whether its copy is current. */
+  version = 0;
   private readonly words: Uint32Array;
 
   constructor(capacity: number) {
@@ -32,6 +34,7 @@ export class IovecList {
   }
 
   clear(): void {
+    this.version++;
     this.count = 0;
     this.byteLength = 0;
   }
@@ -47,6 +50,7 @@ export class IovecList {
     w[i + 3] = Math.floor(length / TWO_32);
     this.count++;
     this.byteLength += length;
+    this.version++;
     return true;
   }
 
@@ -57,6 +61,7 @@ export class IovecList {
     this.words[i + 2] = total % TWO_32;
     this.words[i + 3] = Math.floor(total / TWO_32);
     this.byteLength += length;
+    this.version++;
   }
 
   addressAt(index: number): number {

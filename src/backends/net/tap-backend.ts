@@ -70,6 +70,9 @@ export class TapBackend implements NetBackend {
   private target: ReceiveTarget | null = null;
   /** A read into a receive target: the vnet header into rxAddress, then the target's memory. */
   private readonly targetIov = new IovecList(2 + 64);
+  /** The target list targetIov holds a copy of (after the vnet header), and its version then. */
+  private targetCopied: IovecList | null = null;
+  private targetCopiedVersion = -1;
   private batchEnd: (() => void) | null = null;
   private pollToken: number | null = null;
   private paused = false;
@@ -220,9 +223,14 @@ export class TapBackend implements NetBackend {
       let n: number;
       if (dest !== null) {
         const iov = this.targetIov;
-        iov.clear();
-        iov.push(this.rxAddressNumber, headerBytes);
-        for (let k = 0; k < dest.count; k++) iov.push(dest.addressAt(k), dest.lengthAt(k));
+        // The target's room usually stands unchanged between reads: copy it only when it changed.
+        if (dest !== this.targetCopied || dest.version !== this.targetCopiedVersion) {
+          iov.clear();
+          iov.push(this.rxAddressNumber, headerBytes);
+          for (let k = 0; k < dest.count; k++) iov.push(dest.addressAt(k), dest.lengthAt(k));
+          this.targetCopied = dest;
+          this.targetCopiedVersion = dest.version;
+        }
         n = this.tap.readv(iov);
       } else n = this.tap.read(this.rxAddressNumber, FRAME_BUFFER_BYTES);
       if (n < 0) {

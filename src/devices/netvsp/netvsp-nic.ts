@@ -101,10 +101,19 @@ export class NetvspNic implements RndisDeviceInfo {
   readonly queues: (ReceiveQueue | undefined)[] = [];
   private paused = false;
   private readonly parsed = new ParsedPacket();
-  /** The receive room the backend was last given: sub-allocations and where their data goes. */
+  /**
+   * The receive room for the next read in place: sub-allocations reserved in fragment
+   * order, and where their data goes. It stands between reads: a read that brings
+   * nothing (the EAGAIN that ends every batch) costs no allocation, and one that brings
+   * a frame takes the sub-allocations the frame filled and leaves the rest for the next.
+   */
   private readonly roomIov = new IovecList(MAX_COALESCED_FRAGMENTS);
   private readonly roomIndices = new Int32Array(MAX_COALESCED_FRAGMENTS);
   private roomCount = 0;
+  /** roomIov describes roomIndices[0, roomCount) as they are now. */
+  private roomBuilt = false;
+  /** The sub-allocations of the frame just read, handed on from the room. */
+  private readonly frameIndices = new Int32Array(MAX_COALESCED_FRAGMENTS);
   private joined: Uint8Array | null = null;
   private headerCopy: Uint8Array | null = null;
   private segmenter: TcpSegmenter | null = null;
@@ -122,7 +131,8 @@ export class NetvspNic implements RndisDeviceInfo {
     options.backend.setReceiveTarget?.({
       next: () => this.nextReceiveRoom(),
       received: (length, offload) => this.receivedInPlace(length, offload),
-      unused: () => this.freeReceiveRoom(0),
+      // The room stays reserved for the next read.
+      unused: () => {},
     });
   }
 
@@ -194,6 +204,9 @@ export class NetvspNic implements RndisDeviceInfo {
   }
 
   revokeReceiveBuffer(): void {
+    // The room's sub-allocations go with the buffer.
+    this.roomCount = 0;
+    this.roomBuilt = false;
     this.receiveBuffer = null;
     // After release the view reads private zeroes: a stale write can never reach guest RAM.
     this.receiveMapping?.release();
@@ -405,30 +418,49 @@ export class NetvspNic implements RndisDeviceInfo {
     return this.receiveOpen && this.rndis.rscIpv4 && this.rndis.rscIpv6 && this.guestTakesRsc && this.receiveMapping !== null;
   }
 
-  /** Room for the next frame: enough sub-allocations for a 64 KiB segment, at the fragment data offsets. */
+  /**
+   * Room for the next frame: enough sub-allocations for a 64 KiB segment, at the
+   * fragment data offsets. The same list while nothing was read into it; topped up
+   * (the unfilled sub-allocations moved to the front) after a frame took some.
+   */
   private nextReceiveRoom(): IovecList | null {
     const rb = this.receiveBuffer;
-    if (rb === null || !this.readsInPlace) return null;
+    if (rb === null) return null;
+    if (!this.readsInPlace) {
+      this.releaseReceiveRoom();
+      return null;
+    }
     const need = coalescedFragmentCount(MAX_COALESCED_FRAME, rb.subAllocSize);
-    if (need > MAX_COALESCED_FRAGMENTS || rb.freeCount < need) return null;
+    if (need > MAX_COALESCED_FRAGMENTS) return null;
+    if (this.roomBuilt && this.roomCount === need) return this.roomIov;
+    if (rb.freeCount < need - this.roomCount) return null;
+    while (this.roomCount < need) this.roomIndices[this.roomCount++] = rb.reserve();
     const base = Number(this.receiveMapping!.address);
     const iov = this.roomIov;
     iov.clear();
     for (let i = 0; i < need; i++) {
-      const index = rb.allocate();
-      this.roomIndices[i] = index;
       const dataAt = fragmentDataOffset(i);
-      iov.push(base + rb.offsetOf(index) + dataAt, rb.subAllocSize - dataAt);
+      iov.push(base + rb.offsetOf(this.roomIndices[i]!) + dataAt, rb.subAllocSize - dataAt);
     }
-    this.roomCount = need;
+    this.roomBuilt = true;
     return iov;
   }
 
-  /** Frees the room's sub-allocations from `from` on. */
-  private freeReceiveRoom(from: number): void {
+  /** Gives the room's reserved sub-allocations back (the guest stopped coalescing). */
+  private releaseReceiveRoom(): void {
     const rb = this.receiveBuffer;
-    for (let i = from; i < this.roomCount; i++) rb?.free(this.roomIndices[i]!);
-    this.roomCount = Math.min(this.roomCount, from);
+    for (let i = 0; i < this.roomCount; i++) rb?.release(this.roomIndices[i]!);
+    this.roomCount = 0;
+    this.roomBuilt = false;
+  }
+
+  /** The room's first `count` sub-allocations hold a frame: they move to frameIndices, the rest to the front of the room. */
+  private takeFromRoom(count: number): void {
+    const room = this.roomIndices;
+    for (let i = 0; i < count; i++) this.frameIndices[i] = room[i]!;
+    room.copyWithin(0, count, this.roomCount);
+    this.roomCount -= count;
+    this.roomBuilt = false;
   }
 
   /**
@@ -440,9 +472,10 @@ export class NetvspNic implements RndisDeviceInfo {
   private receivedInPlace(length: number, offload: PacketOffload): void {
     const rb = this.receiveBuffer!;
     const count = Math.min(coalescedFragmentCount(length, rb.subAllocSize), this.roomCount);
-    this.freeReceiveRoom(count);
-    this.roomCount = 0;
-    const indices = this.roomIndices;
+    this.takeFromRoom(count);
+    const indices = this.frameIndices;
+    // From here the frame's sub-allocations are a packet's (the head), sent or freed below.
+    rb.claim(indices[0]!);
     const buf = rb.bytes;
     const at = rb.offsetOf(indices[0]!) + FIRST_FRAGMENT_DATA_OFFSET;
     try {
@@ -475,7 +508,8 @@ export class NetvspNic implements RndisDeviceInfo {
           joined.set(buf.subarray(from, from + n), done);
           done += n;
         }
-        for (let i = 0; i < count; i++) rb.free(indices[i]!);
+        rb.free(indices[0]!);
+        for (let i = 1; i < count; i++) rb.release(indices[i]!);
         this.counters.rxJoined++;
         this.onFrame(joined, length, offload);
         return;
@@ -490,7 +524,8 @@ export class NetvspNic implements RndisDeviceInfo {
   canAcceptMore(): boolean {
     const rb = this.receiveBuffer;
     if (rb === null || !this.receiveOpen) return true; // frames are dropped, not held: keep reading
-    if (rb.freeCount < (this.coalescing ? coalescedFragmentCount(MAX_COALESCED_FRAME, rb.subAllocSize) : 1)) return false;
+    // The standing room counts as free: it is what the next read goes into.
+    if (rb.freeCount + this.roomCount < (this.coalescing ? coalescedFragmentCount(MAX_COALESCED_FRAME, rb.subAllocSize) : 1)) return false;
     for (const q of this.queues) if (q !== undefined && q.isOpen && !q.hasReceiveRoom()) return false;
     return true;
   }

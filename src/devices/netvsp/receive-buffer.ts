@@ -31,6 +31,8 @@ const TWO_32 = 0x1_0000_0000;
 const FREE = 0;
 const HEAD = 1;
 const MEMBER = 2;
+/** Held by the host for a read not yet made: no guest completion can free it. */
+const RESERVED = 3;
 
 /** The largest coalesced (RSC) segment: a 64 KiB IP packet with Ethernet and a VLAN tag. */
 export const MAX_COALESCED_FRAME = 0xffff + ETHERNET_OVERHEAD;
@@ -76,7 +78,7 @@ export class ReceiveBuffer {
   readonly generation: number;
   private readonly freeStack: Uint32Array;
   private freeTop: number;
-  /** FREE, HEAD (first or only sub-allocation of a packet) or MEMBER (chained after a head). */
+  /** FREE, HEAD (first or only sub-allocation of a packet), MEMBER (chained after a head) or RESERVED. */
   private readonly inUse: Uint8Array;
   /** The next sub-allocation of the same packet, or -1 (the last or only one). */
   private readonly nextInPacket: Int32Array;
@@ -118,6 +120,30 @@ export class ReceiveBuffer {
     this.inUse[index] = HEAD;
     this.nextInPacket[index] = -1;
     return index;
+  }
+
+  /**
+   * A free sub-allocation held for a read into place that may come later, or -1. Until
+   * claim() or release(), no completion frees it: a guest naming it is refused.
+   */
+  reserve(): number {
+    const index = this.allocate();
+    if (index >= 0) this.inUse[index] = RESERVED;
+    return index;
+  }
+
+  /** A reserved sub-allocation becomes the head of a packet (it is being sent). */
+  claim(index: number): void {
+    if (this.inUse[index] === RESERVED) this.inUse[index] = HEAD;
+  }
+
+  /** A reserved sub-allocation goes back unused; false (nothing changes) if `index` is not reserved. */
+  release(index: number): boolean {
+    if (!Number.isInteger(index) || index < 0 || index >= this.count || this.inUse[index] !== RESERVED) return false;
+    this.inUse[index] = FREE;
+    this.nextInPacket[index] = -1;
+    this.freeStack[this.freeTop++] = index;
+    return true;
   }
 
   /** Makes `next` part of the packet `previous` belongs to: freeing the packet frees it too. */
