@@ -498,6 +498,35 @@ describe('netvsc RSC receive (fragments joined as rndis_filter_receive_data does
     await nic.release(true);
   });
 
+  // Linux's netvsc_receive checks only that a range lies inside the receive buffer; a
+  // host that read a whole segment in place sends it as one RNDIS PACKET in one range
+  // running over many sub-allocations. It must arrive whole (handed over where it lies
+  // when a segment handler takes it); a range that leaves the buffer still fails.
+  test('one range over many sub-allocations (a segment read in place) arrives whole; a range past the buffer fails', async () => {
+    const { host, nic, got } = await rscNic();
+    const stats = nic.datapath!.stats;
+    const base = host.rxPfns[0]! * PAGE_SIZE;
+    const bufferBytes = host.rxPfns.length * PAGE_SIZE;
+    const frame = patternFrame(30000, 3);
+    const message = plain(frame);
+    const at = 64 * 1728;
+    host.memory.bytes.set(message, base + at);
+    assert.equal(await packetStatus(host, [{ byteCount: message.length, byteOffset: at }]), NvspStatus.Success);
+    assert.equal(got.length, 1);
+    assert.ok(Buffer.from(got[0]!.bytes).equals(Buffer.from(frame)), 'the frame, once, identical');
+    assert.equal(stats.rxBadRanges, 0);
+    // With a segment handler (NicTap's), the frame is handed over in place as one piece.
+    const pieces: { count: number; address: number; length: number }[] = [];
+    nic.onSegment = (_q, _bytes, g) => (pieces.push({ count: g.count, address: g.address + g.offsets[0]!, length: g.length }), true);
+    assert.equal(await packetStatus(host, [{ byteCount: message.length, byteOffset: at }]), NvspStatus.Success);
+    assert.equal(got.length, 1, 'not copied to the frame handler');
+    assert.deepEqual(pieces, [{ count: 1, address: Number(host.memory.base) + base + at + 44, length: frame.length }]);
+    // One byte past the end of the buffer: refused, as Linux refuses it.
+    assert.equal(await packetStatus(host, [{ byteCount: 2000, byteOffset: bufferBytes - 1999 }]), NvspStatus.Fail);
+    assert.equal(stats.rxBadRanges, 1);
+    await nic.release(true);
+  });
+
   // A host (or a corrupted ring) can send fragments out of order. Linux drops a later
   // fragment that has no segment to join and a segment the packet ends in the middle
   // of, and never lets one run on into the next packet; doing otherwise hands the stack

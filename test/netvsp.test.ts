@@ -19,7 +19,7 @@ import { viewOf } from '../src/sys/libc.js';
 import { decodeTransferPageHeader, encodeGpaDirectHeader, gpaDirectHeaderSize, PacketType, TransferPageHeader } from '../src/vmbus/packet.js';
 import { RingWord } from '../src/vmbus/ring/ring-memory.js';
 import { NetvspDevice, type NetvspOptions } from '../src/devices/netvsp/netvsp-device.js';
-import { coalescedFragmentCount, MAX_COALESCED_FRAME, ReceiveBuffer, receiveSubAllocationSize } from '../src/devices/netvsp/receive-buffer.js';
+import { coalescedFragmentCount, FIRST_FRAGMENT_DATA_OFFSET, MAX_COALESCED_FRAME, ReceiveBuffer, receiveSubAllocationSize } from '../src/devices/netvsp/receive-buffer.js';
 import { encodeNdisOffloadParameters, encodeRssParameters, LINUX_RSS_HASH_INFO, RssParameterFlag } from '../src/devices/netvsp/ndis-offload.js';
 import { NETVSC_CLASS_ID, NvspMessageType, NvspStatus } from '../src/devices/netvsp/nvsp-protocol.js';
 import { Oid } from '../src/devices/netvsp/rndis-oids.js';
@@ -1013,11 +1013,16 @@ function readFragments(rig: Rig, p: Packet): Fragment[] {
   assert.equal(decodeTransferPageHeader(p.header, 0, p.header.length, h), 0);
   assert.equal(h.pageSetId, 0xcafe);
   const out: Fragment[] = [];
+  const covered = new Set<number>();
   for (let i = 0; i < h.count; i++) {
     const r = h.ranges[i]!;
     assert.equal(r.byteOffset % rig.subAllocSize, 0, `range ${i} starts a sub-allocation`);
-    assert.ok(r.byteCount <= rig.subAllocSize, `range ${i} (${r.byteCount} bytes) fits one sub-allocation`);
     assert.ok(r.byteOffset + r.byteCount <= rig.receiveBytes);
+    // A range may run over contiguous sub-allocations (a frame read in place): none may be named twice.
+    for (let k = r.byteOffset / rig.subAllocSize; k < Math.ceil((r.byteOffset + r.byteCount) / rig.subAllocSize); k++) {
+      assert.ok(!covered.has(k), `sub-allocation ${k} in two ranges`);
+      covered.add(k);
+    }
     const msg = memory.bytes.slice(rig.receiveBase + r.byteOffset, rig.receiveBase + r.byteOffset + r.byteCount);
     const m = decodeRndisMessage(msg, 0, msg.length, 'to-guest');
     if ('isRndisError' in m || m.kind !== 'packet') throw new Error(`range ${i} is not an RNDIS PACKET`);
@@ -1037,6 +1042,14 @@ function join(fragments: Fragment[]): Uint8Array {
     at += f.data.length;
   }
   return out;
+}
+
+/** A whole segment as the guest gets it: one range when it was read in place, else PKTINFO_ID fragments (copied). */
+function assertWholeSegment(fragments: Fragment[]): void {
+  const one = fragments[0]!.info;
+  if (fragments.length > 1) assertFragmentIds(fragments);
+  // One range: a plain packet, or (copied, short) a single fragment that is first and last.
+  else if (one.hasPacketId) assert.equal(one.packetIdFlags & (PacketInfoIdFlag.SubAllocation | PacketInfoIdFlag.FirstFragment | PacketInfoIdFlag.LastFragment), PacketInfoIdFlag.SubAllocation | PacketInfoIdFlag.FirstFragment | PacketInfoIdFlag.LastFragment, 'a lone fragment is sub-allocation, first and last');
 }
 
 /** The PKTINFO_ID rules Linux's rndis_filter_receive_data relies on: sub-allocation on all, first on the first only, last on the last only, one id. */
@@ -1081,52 +1094,68 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
   // packets or whose PKTINFO_ID flags are off), with an IP header Linux accepts for the
   // whole segment, and one completion must give every sub-allocation back (a leak here
   // starves the receive buffer after a few hundred segments).
-  test('a 64 KiB TCP/IPv4 GSO frame arrives whole: one packet, PKTINFO_ID fragments, fixed IP header, one completion frees all', async () => {
-    const rig = makeRig();
-    await bringUp(rig);
-    assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
-    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
-    const free = rig.device.stats().receiveBufferFree;
-    const frame = gsoFrame({ payload: 65535 - 40 });
-    injectGso(rig, frame);
-    assert.equal(rig.backend.injectedInPlace, 1, 'read straight into the receive buffer');
-    const p = await rig.guest.next('the coalesced segment');
-    assert.equal(rig.guest.take(), null, 'exactly one transfer-page packet');
-    const fragments = readFragments(rig, p);
-    assertFragmentIds(fragments);
-    assert.equal(fragments.length, coalescedFragmentCount(frame.length, rig.subAllocSize));
-    assert.ok(fragments.every((f) => f.data.length > 0));
-    const first = fragments[0]!.info;
-    assert.ok(first.hasChecksum, 'the first fragment carries the checksum verdict');
-    assert.equal(first.checksum & (RxChecksum.TcpSucceeded | RxChecksum.IpSucceeded), RxChecksum.TcpSucceeded | RxChecksum.IpSucceeded);
-    assert.equal(first.checksum & (RxChecksum.TcpFailed | RxChecksum.IpFailed), 0);
-    assert.equal(first.hasHash, false, 'no hash PPI without RSS');
-    const joined = join(fragments);
-    const want = wholeSegment(frame);
-    assert.equal(joined.length, frame.length);
-    assert.equal((joined[16]! << 8) | joined[17]!, 65535, 'IPv4 total length = the whole IP packet');
-    assert.ok(verifyIpv4HeaderChecksum(joined, 14, 20), 'valid IPv4 header checksum');
-    assert.ok(Buffer.from(joined).equals(Buffer.from(want)), 'the joined payloads are the frame');
-    assert.equal(rig.device.stats().receiveBufferFree, free - fragments.length);
-    const ch = rig.device.stats().channels[0]!;
-    assert.equal(ch.rxCoalesced, 1);
-    assert.equal(ch.rxFrames, 1);
-    // A forged completion naming a sub-allocation in the middle of the chain frees nothing.
-    const generation = p.transactionId >> 32n;
-    const bad = ch.badCompletions;
-    completeReceive(rig.guest, (generation << 32n) | BigInt(fragments[5]!.index));
-    await waitFor(() => rig.device.stats().channels[0]!.badCompletions === bad + 1, 'the forged completion to be refused');
-    assert.equal(rig.device.stats().receiveBufferFree, free - fragments.length);
-    // The real one frees the whole chain.
-    completeReceive(rig.guest, p.transactionId);
-    await waitFor(() => rig.device.stats().receiveBufferFree === free, 'every sub-allocation of the segment to be freed');
-    // Once only: the same completion again is stale.
-    completeReceive(rig.guest, p.transactionId);
-    await waitFor(() => rig.device.stats().channels[0]!.badCompletions === bad + 2, 'the repeated completion to be refused');
-    assert.equal(rig.device.stats().receiveBufferFree, free);
-    assert.equal(rig.device.stats().nic.rxBadGso, 0);
-    assert.equal(rig.guest.failures.length, 0);
-  });
+  // Two ways to the guest: a backend that reads into the receive buffer (the TAP) leaves
+  // the segment contiguous there, and it goes as ONE range (Linux takes a range of any
+  // length inside the buffer); one that hands over its own buffer has it copied into
+  // PKTINFO_ID fragments of one sub-allocation each, as Hyper-V sends them.
+  for (const inPlace of [true, false]) {
+    test(`a 64 KiB TCP/IPv4 GSO frame arrives whole (${inPlace ? 'read in place: one range' : 'copied: PKTINFO_ID fragments'}), fixed IP header, one completion frees all`, async () => {
+      const rig = makeRig();
+      await bringUp(rig);
+      assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
+      await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+      if (!inPlace) rig.backend.target = null;
+      const free = rig.device.stats().receiveBufferFree;
+      const frame = gsoFrame({ payload: 65535 - 40 });
+      injectGso(rig, frame);
+      assert.equal(rig.backend.injectedInPlace, inPlace ? 1 : 0);
+      const p = await rig.guest.next('the coalesced segment');
+      assert.equal(rig.guest.take(), null, 'exactly one transfer-page packet');
+      const fragments = readFragments(rig, p);
+      let held: number;
+      if (inPlace) {
+        assert.equal(fragments.length, 1, 'one range');
+        assert.equal(fragments[0]!.info.hasPacketId, false, 'no RSC fragment id');
+        held = Math.ceil((FIRST_FRAGMENT_DATA_OFFSET + frame.length) / rig.subAllocSize);
+      } else {
+        assertFragmentIds(fragments);
+        assert.equal(fragments.length, coalescedFragmentCount(frame.length, rig.subAllocSize));
+        held = fragments.length;
+      }
+      assert.ok(fragments.every((f) => f.data.length > 0));
+      const first = fragments[0]!.info;
+      assert.ok(first.hasChecksum, 'the first fragment carries the checksum verdict');
+      assert.equal(first.checksum & (RxChecksum.TcpSucceeded | RxChecksum.IpSucceeded), RxChecksum.TcpSucceeded | RxChecksum.IpSucceeded);
+      assert.equal(first.checksum & (RxChecksum.TcpFailed | RxChecksum.IpFailed), 0);
+      assert.equal(first.hasHash, false, 'no hash PPI without RSS');
+      const joined = join(fragments);
+      const want = wholeSegment(frame);
+      assert.equal(joined.length, frame.length);
+      assert.equal((joined[16]! << 8) | joined[17]!, 65535, 'IPv4 total length = the whole IP packet');
+      assert.ok(verifyIpv4HeaderChecksum(joined, 14, 20), 'valid IPv4 header checksum');
+      assert.ok(Buffer.from(joined).equals(Buffer.from(want)), 'the joined payloads are the frame');
+      assert.equal(rig.device.stats().receiveBufferFree, free - held);
+      const ch = rig.device.stats().channels[0]!;
+      assert.equal(ch.rxCoalesced, 1);
+      assert.equal(ch.rxFrames, 1);
+      // A forged completion naming a sub-allocation in the middle of the packet frees nothing.
+      const generation = p.transactionId >> 32n;
+      const bad = ch.badCompletions;
+      const middle = inPlace ? fragments[0]!.index + 5 : fragments[5]!.index;
+      completeReceive(rig.guest, (generation << 32n) | BigInt(middle));
+      await waitFor(() => rig.device.stats().channels[0]!.badCompletions === bad + 1, 'the forged completion to be refused');
+      assert.equal(rig.device.stats().receiveBufferFree, free - held);
+      // The real one frees the whole chain.
+      completeReceive(rig.guest, p.transactionId);
+      await waitFor(() => rig.device.stats().receiveBufferFree === free, 'every sub-allocation of the segment to be freed');
+      // Once only: the same completion again is stale.
+      completeReceive(rig.guest, p.transactionId);
+      await waitFor(() => rig.device.stats().channels[0]!.badCompletions === bad + 2, 'the repeated completion to be refused');
+      assert.equal(rig.device.stats().receiveBufferFree, free);
+      assert.equal(rig.device.stats().nic.rxBadGso, 0);
+      assert.equal(rig.guest.failures.length, 0);
+    });
+  }
 
   // A backend that reads into the receive buffer (the TAP) and one that hands over its
   // own buffer (copied) must give the guest the same packet: same fragments, same PPIs,
@@ -1146,7 +1175,9 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
       const fragments = readFragments(rig, p);
       completeReceive(rig.guest, p.transactionId);
       await waitFor(() => rig.guest.consumed, 'the host to read the completion');
-      return { count: fragments.length, bytes: Buffer.from(join(fragments)), checksum: fragments[0]!.info.checksum, ids: fragments.map((f) => f.info.hasPacketId) };
+      if (gso) assertWholeSegment(fragments);
+      else assert.equal(fragments.length, 1, 'a frame is one range either way');
+      return { bytes: Buffer.from(join(fragments)), checksum: fragments[0]!.info.checksum, hash: fragments[0]!.info.hasHash };
     };
     await fc.assert(
       fc.asyncProperty(fc.integer({ min: 60, max: 65535 - 40 }), fc.boolean(), async (payload, gso) => {
@@ -1174,9 +1205,10 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     await waitFor(() => rig.guest.consumed, 'the host to read the completions');
     const target = rig.backend.target!;
     const rb = rig.device.nic.receiveBuffer!;
-    const need = coalescedFragmentCount(MAX_COALESCED_FRAME, rb.subAllocSize);
+    const need = Math.ceil((FIRST_FRAGMENT_DATA_OFFSET + MAX_COALESCED_FRAME) / rb.subAllocSize);
     const room = target.next()!;
-    assert.ok(room !== null && room.count === need);
+    assert.ok(room !== null && room.count === 1, 'one contiguous run: one iovec');
+    assert.equal(room.byteLength, need * rb.subAllocSize - FIRST_FRAGMENT_DATA_OFFSET);
     const version = room.version;
     assert.equal(rb.freeCount, rb.count - need, 'the room is reserved');
     for (let i = 0; i < 50; i++) {
@@ -1195,11 +1227,11 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
       return fragments.length;
     };
     assert.equal(await receive(tcpFrame({ payload: 40 }), false), 1);
-    assert.equal(await receive(gsoFrame({ payload: 30000 }), true), coalescedFragmentCount(14 + 20 + 20 + 30000, rb.subAllocSize));
+    assert.equal(await receive(gsoFrame({ payload: 30000 }), true), 1, 'a segment read in place is one range');
     assert.equal(await receive(tcpFrame({ payload: 1000 }), false), 1);
     assert.equal(rig.backend.injectedInPlace, 3);
     // After the last read the room was topped up on the next one: only it is out.
-    assert.equal(target.next()!.count, need);
+    assert.equal(target.next()!.byteLength, need * rb.subAllocSize - FIRST_FRAGMENT_DATA_OFFSET);
     assert.equal(rb.freeCount, rb.count - need, 'every completed frame came back; only the room is reserved');
     assert.equal(rig.device.stats().nic.rxJoined, 0);
     // RSC off: frames are copied again, and the room goes back to the guest's buffer.
@@ -1255,11 +1287,14 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     // its PPIs are known; without RSS the first fragment's hash room stays unused.
     const firstData = rig.subAllocSize - 44 - 48;
     const laterData = rig.subAllocSize - 44 - 16;
+    const target = rig.backend.target;
     // Lengths at the edges of a fragment, both ways of reading (in place and copied).
     for (const length of [1514 + 1, firstData + 1, 1636 + 1668 + 1, 1636 + 1668 * 30 + 1, 1636 + 1668 * 30 + 16, 1652 + 1668 * 30, 1652 + 1668 * 30 + 1, 65549]) {
       await waitFor(() => rig.guest.consumed, 'the host to read the completions');
       const frame = gsoFrame({ payload: length - 54, sport: length & 0xffff });
+      rig.backend.target = null; // copied: the fragment layout
       injectGso(rig, frame);
+      rig.backend.target = target;
       const p = await rig.guest.next(`the segment of ${length} bytes`);
       const fragments = readFragments(rig, p);
       const needed = 1 + Math.ceil(Math.max(0, length - firstData) / laterData);
@@ -1269,6 +1304,14 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
       );
       assert.ok(Buffer.from(join(fragments)).equals(Buffer.from(wholeSegment(frame))));
       completeReceive(rig.guest, p.transactionId);
+      // Read in place, the same segment is one range holding all of it.
+      await waitFor(() => rig.guest.consumed, 'the host to read the completion');
+      injectGso(rig, frame);
+      const q = await rig.guest.next(`the segment of ${length} bytes, in place`);
+      const whole = readFragments(rig, q);
+      assert.equal(whole.length, 1);
+      assert.ok(Buffer.from(whole[0]!.data).equals(Buffer.from(wholeSegment(frame))));
+      completeReceive(rig.guest, q.transactionId);
     }
   });
 
@@ -1288,7 +1331,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     assert.equal(await setRsc(rig, 0, 0), NdisStatus.Success);
     injectGso(rig, gsoFrame({ payload }));
     const p = await rig.guest.next('the coalesced segment');
-    assertFragmentIds(readFragments(rig, p));
+    assertWholeSegment(readFragments(rig, p));
     completeReceive(rig.guest, p.transactionId);
     // Off (1 = disabled): segments again.
     assert.equal(await setRsc(rig, 1, 1), NdisStatus.Success);
@@ -1322,7 +1365,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     const p = await rig.guest.next('the coalesced IPv6 segment');
     assert.equal(rig.guest.take(), null, 'exactly one transfer-page packet');
     const fragments = readFragments(rig, p);
-    assertFragmentIds(fragments);
+    assertWholeSegment(fragments);
     const joined = join(fragments);
     assert.equal((joined[18]! << 8) | joined[19]!, 20 + payload, 'IPv6 payload length = TCP header + data');
     assert.ok(Buffer.from(joined).equals(Buffer.from(wholeSegment(frame, true))));

@@ -905,7 +905,7 @@ export class NetvspChannel implements ReceiveQueue {
    * right before the data. The IP header must already describe the whole segment. The
    * sub-allocations become one packet's; on false (no ring room) they are freed.
    */
-  sendCoalesced(indices: Int32Array, count: number, length: number, checksum: number, hash: number): boolean {
+  private sendCoalesced(indices: Int32Array, count: number, length: number, checksum: number, hash: number): boolean {
     const rb = this.nic.receiveBuffer!;
     const buf = rb.bytes;
     const id = (this.coalescedId = (this.coalescedId + 1) & 0xffff);
@@ -942,11 +942,15 @@ export class NetvspChannel implements ReceiveQueue {
   }
 
   /**
-   * Sends a frame (not a segment) that lies in sub-allocation `index` at the first
-   * fragment's data offset, read there in place; its PPIs go right before it. On false
-   * (no ring room) the sub-allocation is freed.
+   * Sends a frame read in place: it lies from sub-allocation `index` on, at the first
+   * fragment's data offset, over as many contiguous sub-allocations as it needs (the
+   * caller chained them to `index`); its PPIs go right before it. It goes as one RNDIS
+   * PACKET in one range, which Linux takes whatever its length (netvsc_receive checks
+   * only that a range lies in the buffer): a whole TCP segment (`segment`, for a guest
+   * with RSC on) costs one message instead of a fragment per sub-allocation. On false (no
+   * ring room) the sub-allocations are freed.
    */
-  deliverInPlace(index: number, length: number, checksum: number, hash: number): boolean {
+  deliverInPlace(index: number, length: number, checksum: number, hash: number, segment = false): boolean {
     const rb = this.nic.receiveBuffer!;
     const buf = rb.bytes;
     const at = rb.offsetOf(index);
@@ -956,7 +960,9 @@ export class NetvspChannel implements ReceiveQueue {
     const ppi = at + dataAt - ppiBytes;
     writeU32Ppi(buf, ppi, PpiType.TcpIpChecksum, checksum);
     if (hash !== NO_HASH) writeU32Ppi(buf, ppi + PPI_U32_RECORD_SIZE, PpiType.HashValue, hash);
-    return this.sendOneFrame(index, dataAt + length, length);
+    if (!this.sendOneFrame(index, dataAt + length, length)) return false;
+    if (segment) this.stats.rxCoalesced++;
+    return true;
   }
 
   queueControl(message: Uint8Array, length: number): void {

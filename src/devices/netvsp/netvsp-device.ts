@@ -164,7 +164,7 @@ export class NetvspDevice implements VmbusDevice {
     return {
       channels: [...this.channels.values()].sort((a, b) => a.subChannelIndex - b.subChannelIndex).map((c) => ({ ...c.stats })),
       nic: { ...nic.counters },
-      receiveBufferFree: nic.receiveBuffer?.freeCount ?? 0,
+      receiveBufferFree: nic.receiveBufferFree,
       receivePaused: nic.receivePaused,
       linkUp: nic.linkUp,
       nvspVersion: nic.nvspVersion,

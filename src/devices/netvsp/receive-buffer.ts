@@ -11,8 +11,11 @@
 // one transfer-page packet, and the sub-allocations of a packet are chained so that the
 // guest's one completion frees them all.
 //
-// The allocator is a fixed stack of free indices plus an in-use bitmap, both made once per
-// buffer: allocating and freeing touch no heap. The transaction id of a packet encodes the
+// The allocator is next-fit over a state array made once per buffer: it hands out
+// sub-allocations in buffer order from a cursor, so what the guest completes (in order,
+// mostly) leaves long free stretches ahead of it, and a run of contiguous ones - a whole
+// segment read in place, sent as one range - is usually right there. Allocating and
+// freeing touch no heap. The transaction id of a packet encodes the
 // buffer generation and the index, so a completion that names a buffer revoked since (or
 // an index never handed out) is recognised and ignored.
 import { NETVSC_MIN_SECTION_SIZE } from './nvsp-protocol.js';
@@ -76,8 +79,9 @@ export class ReceiveBuffer {
   readonly count: number;
   /** Bumped for every buffer made in this process; part of every transaction id handed out. */
   readonly generation: number;
-  private readonly freeStack: Uint32Array;
-  private freeTop: number;
+  private freeTotal: number;
+  /** Where the next search for a free sub-allocation starts. */
+  private cursor = 0;
   /** FREE, HEAD (first or only sub-allocation of a packet), MEMBER (chained after a head) or RESERVED. */
   private readonly inUse: Uint8Array;
   /** The next sub-allocation of the same packet, or -1 (the last or only one). */
@@ -96,12 +100,9 @@ export class ReceiveBuffer {
     this.count = count;
     this.generation = ReceiveBuffer.nextGeneration;
     ReceiveBuffer.nextGeneration = (ReceiveBuffer.nextGeneration % (GENERATION_LIMIT - 1)) + 1;
-    this.freeStack = new Uint32Array(count);
     this.inUse = new Uint8Array(count);
     this.nextInPacket = new Int32Array(count).fill(-1);
-    // Lowest indices on top: the first messages land at the start of the buffer.
-    for (let i = 0; i < count; i++) this.freeStack[i] = count - 1 - i;
-    this.freeTop = count;
+    this.freeTotal = count;
   }
 
   /** The bytes announced in SEND_RECV_BUF_COMPLETE (end_offset). */
@@ -110,16 +111,24 @@ export class ReceiveBuffer {
   }
 
   get freeCount(): number {
-    return this.freeTop;
+    return this.freeTotal;
   }
 
-  /** A free sub-allocation's index, or -1 when the guest holds them all. */
+  /** A free sub-allocation's index (the first at or after the cursor), or -1 when the guest holds them all. */
   allocate(): number {
-    if (this.freeTop === 0) return -1;
-    const index = this.freeStack[--this.freeTop]!;
-    this.inUse[index] = HEAD;
-    this.nextInPacket[index] = -1;
+    if (this.freeTotal === 0) return -1;
+    const count = this.count;
+    let index = this.cursor;
+    while (this.inUse[index] !== FREE) index = index + 1 === count ? 0 : index + 1;
+    this.take(index, HEAD);
+    this.cursor = index + 1 === count ? 0 : index + 1;
     return index;
+  }
+
+  private take(index: number, state: number): void {
+    this.inUse[index] = state;
+    this.nextInPacket[index] = -1;
+    this.freeTotal--;
   }
 
   /**
@@ -132,6 +141,42 @@ export class ReceiveBuffer {
     return index;
   }
 
+  /**
+   * Reserves `n` contiguous free sub-allocations (the first run at or after the cursor,
+   * else from the start); returns the first index, or -1 when there is no such run.
+   */
+  reserveRun(n: number): number {
+    if (!Number.isInteger(n) || n < 1 || n > this.freeTotal) return -1;
+    const count = this.count;
+    const inUse = this.inUse;
+    // Two passes: from the cursor to the end, then from the start up to the cursor (a run
+    // never wraps: it must be contiguous in the buffer).
+    for (let pass = 0; pass < 2; pass++) {
+      const from = pass === 0 ? this.cursor : 0;
+      const to = pass === 0 ? count : Math.min(count, this.cursor + n - 1);
+      let run = 0;
+      for (let i = from; i < to; i++) {
+        run = inUse[i] === FREE ? run + 1 : 0;
+        if (run === n) {
+          const start = i - n + 1;
+          for (let k = start; k <= i; k++) this.take(k, RESERVED);
+          this.cursor = i + 1 === count ? 0 : i + 1;
+          return start;
+        }
+      }
+    }
+    return -1;
+  }
+
+  /** Reserves the `n` sub-allocations from `index` on if they are all free and in the buffer; false otherwise (nothing changes). */
+  extendRun(index: number, n: number): boolean {
+    if (!Number.isInteger(index) || !Number.isInteger(n) || index < 0 || n < 0 || index + n > this.count) return false;
+    for (let k = index; k < index + n; k++) if (this.inUse[k] !== FREE) return false;
+    for (let k = index; k < index + n; k++) this.take(k, RESERVED);
+    if (n > 0) this.cursor = index + n === this.count ? 0 : index + n;
+    return true;
+  }
+
   /** A reserved sub-allocation becomes the head of a packet (it is being sent). */
   claim(index: number): void {
     if (this.inUse[index] === RESERVED) this.inUse[index] = HEAD;
@@ -142,7 +187,7 @@ export class ReceiveBuffer {
     if (!Number.isInteger(index) || index < 0 || index >= this.count || this.inUse[index] !== RESERVED) return false;
     this.inUse[index] = FREE;
     this.nextInPacket[index] = -1;
-    this.freeStack[this.freeTop++] = index;
+    this.freeTotal++;
     return true;
   }
 
@@ -163,7 +208,7 @@ export class ReceiveBuffer {
       const next = this.nextInPacket[i]!;
       this.nextInPacket[i] = -1;
       this.inUse[i] = FREE;
-      this.freeStack[this.freeTop++] = i;
+      this.freeTotal++;
       i = next;
     }
     return true;

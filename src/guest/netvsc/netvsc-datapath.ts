@@ -40,6 +40,9 @@ const MAX_PPI_BYTES = 4 * PPI_U32_RECORD_SIZE;
 /** Where a frame goes in a bounce buffer: after room for the RNDIS header and the largest PPIs. */
 const BOUNCE_FRAME_OFFSET = RndisMessageSize.Packet + MAX_PPI_BYTES;
 const BOUNCE_PAGES = Math.ceil((BOUNCE_FRAME_OFFSET + NETVSC_MAX_SEND_FRAME) / PAGE_SIZE);
+/** A received frame longer than this goes to the SegmentHandler where it lies instead of being copied to the FrameHandler. */
+const HAND_OVER_IN_PLACE_BYTES = 2048;
+
 /** Linux's NVSP_RSC_MAX: most fragments of one coalesced segment. */
 export const NVSP_RSC_MAX = 562;
 /** Largest coalesced segment taken: a 64 KiB IP packet with Ethernet and a VLAN tag. */
@@ -476,7 +479,9 @@ export class NetvscDatapath {
     const tp = this.tpHeader;
     const nvsp = this.nvspDecoder.decode(payload, 'to-guest');
     const rx = this.session.receive;
-    const limit = rx.subAllocSize * rx.numSubAllocs;
+    // What netvsc_receive checks: a range lies in the buffer. It may run over several
+    // sub-allocations (a host that read a whole segment in place sends it as one range).
+    const limit = rx.bytes.length;
     if (decodeTransferPageHeader(header, 0, header.length, tp) !== DecodeError.None || tp.pageSetId !== NETVSC_RECEIVE_BUFFER_ID || isNvspError(nvsp) || nvsp.kind !== 'rndis-packet') {
       this.stats.rxBadRanges++;
       status = NvspStatus.Fail;
@@ -484,7 +489,7 @@ export class NetvscDatapath {
       const bytes = rx.bytes;
       for (let i = 0; i < tp.count; i++) {
         const r = tp.ranges[i]!;
-        if (r.byteCount > limit || r.byteOffset > limit - r.byteCount || r.byteCount > rx.subAllocSize) {
+        if (r.byteCount > limit || r.byteOffset > limit - r.byteCount) {
           this.stats.rxBadRanges++;
           this.dropCoalesced();
           status = NvspStatus.Fail;
@@ -520,9 +525,22 @@ export class NetvscDatapath {
     }
     if (m.ppiLength === 0) info.clear();
     if (info.hasPacketId && (info.packetIdFlags & PacketInfoIdFlag.SubAllocation)) return this.onFragment(queue, bytes, m.dataOffset, m.dataLength, info, lastInPacket);
-    this.segment.count = 0;
     applyRxChecksum(info, bytes, m.dataOffset, m.dataLength, this.rxOffload);
     this.stats.rxFrames++;
+    const g = this.segment;
+    g.count = 0;
+    if (m.dataLength > HAND_OVER_IN_PLACE_BYTES && this.o.onSegment) {
+      // A long frame (a whole segment in one range) is handed over where it lies, as a
+      // one-piece segment, rather than copied: Linux builds the same skb either way.
+      g.count = 1;
+      g.offsets[0] = m.dataOffset;
+      g.lengths[0] = m.dataLength;
+      g.length = m.dataLength;
+      g.address = this.receiveAddress(bytes);
+      const taken = this.o.onSegment(queue, bytes, g, this.rxOffload);
+      g.count = 0;
+      if (taken) return true;
+    }
     this.o.onFrame(queue, bytes, m.dataOffset, m.dataLength, this.rxOffload);
     return true;
   }

@@ -21,6 +21,8 @@ import { IovecList } from '../../sys/iovec.js';
 
 const BUFFER_BYTES = 128 * 1024;
 const HEADER_PAGE_BYTES = 4096;
+/** How much of a segment's first piece is copied to go before it into the TAP: its headers, with room to spare (the TCP checksum field is rewritten in the copy). */
+const HEADER_COPY_BYTES = 512;
 const ETH_HLEN = 14;
 const READ_BATCH = 64;
 
@@ -101,22 +103,25 @@ export class NicTap {
   }
 
   /**
-   * A coalesced segment, written from the receive buffer where its fragments lie: only
-   * the first fragment (the headers, whose TCP checksum field changes) is copied.
+   * A coalesced segment (or a long frame), written from the receive buffer where its
+   * pieces lie: only the start of the first (the headers, whose TCP checksum field
+   * changes) is copied.
    */
   private segmentToTap(bytes: Uint8Array, g: CoalescedSegment, offload: PacketOffload): boolean {
     const hb = VIRTIO_NET_HDR_V1_BYTES;
     const first = g.lengths[0]!;
-    if (!Number.isFinite(g.address) || hb + first > BUFFER_BYTES) return false; // joined and sent through toTap
+    const copied = Math.min(first, HEADER_COPY_BYTES);
+    if (!Number.isFinite(g.address)) return false; // joined and sent through toTap
     if (this.closed) return true;
-    this.txBytes.set(bytes.subarray(g.offsets[0]!, g.offsets[0]! + first), hb);
-    if (!this.writeHeader(g.length, offload)) {
+    this.txBytes.set(bytes.subarray(g.offsets[0]!, g.offsets[0]! + copied), hb);
+    if (!this.writeHeader(g.length, offload, copied)) {
       this.stats.dropped++;
       return true;
     }
     const iov = this.segmentIov;
     iov.clear();
-    iov.push(Number(this.txAddress), hb + first);
+    iov.push(Number(this.txAddress), hb + copied);
+    if (first > copied) iov.push(g.address + g.offsets[0]! + copied, first - copied);
     for (let i = 1; i < g.count; i++) iov.push(g.address + g.offsets[i]!, g.lengths[i]!);
     this.count(this.tap.writev(iov));
     return true;
@@ -127,10 +132,10 @@ export class NicTap {
    * it: DATA_VALID for a verified frame, GSO for a verified segment longer than the MTU.
    * False: the frame cannot go into the TAP.
    */
-  private writeHeader(length: number, offload: PacketOffload): boolean {
+  private writeHeader(length: number, offload: PacketOffload, copied = length): boolean {
     const h = this.header.clear();
     if (length > this.nic.mtu + ETH_HLEN && offload.checksumValid) {
-      if (!this.describeCoalesced(length, h)) return false;
+      if (!this.describeCoalesced(length, h, copied)) return false;
     } else if (offload.checksumValid) h.flags = VirtioNetFlag.DataValid;
     return encodeVirtioNetHeader(h, this.txView, 0, VIRTIO_NET_HDR_V1_BYTES, length) === null;
   }
@@ -150,10 +155,11 @@ export class NicTap {
    * pseudo-header sum), which the kernel takes as good on local delivery and can finish
    * if it forwards the segment. False: not a TCP segment, which an MTU-bound link drops.
    */
-  private describeCoalesced(length: number, h: VirtioNetHeader): boolean {
+  private describeCoalesced(length: number, h: VirtioNetHeader, copied: number): boolean {
     const hb = VIRTIO_NET_HDR_V1_BYTES;
     const p = this.parsed;
-    if (parsePacket(this.txBytes, hb, length, p) !== PacketKind.Tcp || p.isFragment || p.l3Offset !== ETH_HLEN) return false;
+    // The headers must lie in the copied bytes (they always do: HEADER_COPY_BYTES is more than any TCP/IP header chain here).
+    if (parsePacket(this.txBytes, hb, length, p) !== PacketKind.Tcp || p.isFragment || p.l3Offset !== ETH_HLEN || p.payloadOffset > copied) return false;
     const mss = this.nic.mtu + ETH_HLEN - p.payloadOffset;
     if (mss <= 0) return false;
     const sum = foldSum(l4PseudoHeaderSum(this.txBytes, hb, p));
