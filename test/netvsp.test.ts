@@ -1034,6 +1034,17 @@ function readFragments(rig: Rig, p: Packet): Fragment[] {
   return out;
 }
 
+/** Injects one frame (a GSO segment when `gso`), reads what the guest got and completes it. */
+async function receiveFragments(rig: Rig, frame: Uint8Array, gso: boolean): Promise<Fragment[]> {
+  if (gso) injectGso(rig, frame);
+  else rig.backend.inject([frame]);
+  const p = await rig.guest.next('the frame');
+  const fragments = readFragments(rig, p);
+  completeReceive(rig.guest, p.transactionId);
+  await waitFor(() => rig.guest.consumed, 'the host to read the completion');
+  return fragments;
+}
+
 function join(fragments: Fragment[]): Uint8Array {
   const out = new Uint8Array(fragments.reduce((n, f) => n + f.data.length, 0));
   let at = 0;
@@ -1169,12 +1180,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     assert.ok(target !== null, 'the NIC offered a receive target');
     const receiveOnce = async (frame: Uint8Array, gso: boolean, inPlace: boolean) => {
       rig.backend.target = inPlace ? target : null;
-      if (gso) injectGso(rig, frame);
-      else rig.backend.inject([frame]);
-      const p = await rig.guest.next('the frame');
-      const fragments = readFragments(rig, p);
-      completeReceive(rig.guest, p.transactionId);
-      await waitFor(() => rig.guest.consumed, 'the host to read the completion');
+      const fragments = await receiveFragments(rig, frame, gso);
       if (gso) assertWholeSegment(fragments);
       else assert.equal(fragments.length, 1, 'a frame is one range either way');
       return { bytes: Buffer.from(join(fragments)), checksum: fragments[0]!.info.checksum, hash: fragments[0]!.info.hasHash };
@@ -1217,15 +1223,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
       assert.equal(room.version, version, 'an untouched room is not rebuilt');
     }
     assert.equal(rb.freeCount, rb.count - need);
-    const receive = async (frame: Uint8Array, gso: boolean) => {
-      if (gso) injectGso(rig, frame);
-      else rig.backend.inject([frame]);
-      const p = await rig.guest.next('the frame');
-      const fragments = readFragments(rig, p);
-      completeReceive(rig.guest, p.transactionId);
-      await waitFor(() => rig.guest.consumed, 'the host to read the completion');
-      return fragments.length;
-    };
+    const receive = async (frame: Uint8Array, gso: boolean) => (await receiveFragments(rig, frame, gso)).length;
     assert.equal(await receive(tcpFrame({ payload: 40 }), false), 1);
     assert.equal(await receive(gsoFrame({ payload: 30000 }), true), 1, 'a segment read in place is one range');
     assert.equal(await receive(tcpFrame({ payload: 1000 }), false), 1);
