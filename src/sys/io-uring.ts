@@ -190,13 +190,12 @@ export class IoUring {
     return this.unsubmitted;
   }
 
-  /** Claims and clears the next SQE; returns its first word index, or -1 when the SQ is full. */
+  /** Claims the next SQE (fill() writes every word of it); returns its first word index, or -1 when the SQ is full. */
   private nextSqe(): number {
     if (this.closed) throw new Error('io_uring is closed');
     const head = Atomics.load(this.sqWords, this.sqHead);
     if (((this.localTail - head) >>> 0) >= this.sqEntries) return -1;
     const w = (this.localTail & this.sqMask) * SQE_WORDS;
-    this.sqes.fill(0, w, w + SQE_WORDS);
     this.localTail = (this.localTail + 1) >>> 0;
     this.unsubmitted++;
     return w;
@@ -215,6 +214,14 @@ export class IoUring {
     s[w + 6] = len;
     s[w + 7] = flags;
     s[w + 8] = userData;
+    // The rest is zero: user_data's high word, buf_index/personality, splice_fd_in, addr3.
+    s[w + 9] = 0;
+    s[w + 10] = 0;
+    s[w + 11] = 0;
+    s[w + 12] = 0;
+    s[w + 13] = 0;
+    s[w + 14] = 0;
+    s[w + 15] = 0;
   }
 
   /** Vectored read into iov at fileOffset. False: the SQ is full (submit or reap first). */

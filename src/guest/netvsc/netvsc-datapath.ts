@@ -186,6 +186,9 @@ export class NetvscDatapath {
   private readonly nvspOut = new Uint8Array(NVSP_MESSAGE_SIZE);
   private readonly completionOut = new Uint8Array(8);
   private readonly gpaHeader = new Uint8Array(16 + 8 * BOUNCE_PAGES);
+  private readonly gpaHeaderView = new DataView(this.gpaHeader.buffer);
+  /** gpaHeader cut to the length of a header naming i pages, made once each: sending allocates nothing. */
+  private readonly gpaHeaderFor: Uint8Array[] = Array.from({ length: BOUNCE_PAGES + 1 }, (_, i) => this.gpaHeader.subarray(0, 16 + 8 * i));
   /** The PPIs of the frame being sent, written here first because whether the frame takes a section depends on their size. */
   private readonly staging = new Uint8Array(RndisMessageSize.Packet + MAX_PPI_BYTES);
   private readonly nvspDecoder = new NvspDecoder();
@@ -362,7 +365,7 @@ export class NetvscDatapath {
     const slot = this.takeSlot(q, SLOT_SECTION, section);
     const base = section * session.send.sectionSize;
     const out = session.send.bytes;
-    out.set(this.staging.subarray(RndisMessageSize.Packet, RndisMessageSize.Packet + ppiBytes), base + RndisMessageSize.Packet);
+    this.copyPpis(out, base + RndisMessageSize.Packet, ppiBytes);
     encodeRndisPacketHeader(out, base, ppiBytes, length);
     out.set(frame.subarray(offset, offset + length), base + RndisMessageSize.Packet + ppiBytes);
     encodeRndisPacketMessage(this.nvspOut, 0, RndisChannelType.Data, section, RndisMessageSize.Packet + ppiBytes + length);
@@ -386,7 +389,7 @@ export class NetvscDatapath {
     const start = BOUNCE_FRAME_OFFSET - RndisMessageSize.Packet - ppiBytes;
     const base = pfns[0]! * PAGE_SIZE + start;
     const slot = this.takeSlot(q, SLOT_BOUNCE, bounce);
-    mem.set(this.staging.subarray(RndisMessageSize.Packet, RndisMessageSize.Packet + ppiBytes), base + RndisMessageSize.Packet);
+    this.copyPpis(mem, base + RndisMessageSize.Packet, ppiBytes);
     encodeRndisPacketHeader(mem, base, ppiBytes, length);
     const total = RndisMessageSize.Packet + ppiBytes + length;
     const h = this.describe(pfns, start, total);
@@ -410,11 +413,17 @@ export class NetvscDatapath {
     return true;
   }
 
+  /** The PPIs encoded in staging, to `to[at...]` (a few dozen bytes: a loop, not a subarray per frame). */
+  private copyPpis(to: Uint8Array, at: number, ppiBytes: number): void {
+    const from = this.staging;
+    for (let i = 0; i < ppiBytes; i++) to[at + i] = from[RndisMessageSize.Packet + i]!;
+  }
+
   /** One GPA-direct range over `pfns` from byte `offset` of the first (the mpb form: reserved, count, {len, offset, pfn[]}). */
   private describe(pfns: readonly number[], offset: number, length: number): Uint8Array {
     const pages = Math.ceil((offset + length) / PAGE_SIZE);
-    const h = this.gpaHeader.subarray(0, 16 + 8 * pages);
-    const v = new DataView(h.buffer, h.byteOffset, h.byteLength);
+    const h = this.gpaHeaderFor[pages]!;
+    const v = this.gpaHeaderView;
     v.setUint32(0, 0, true);
     v.setUint32(4, 1, true);
     v.setUint32(8, length, true);
