@@ -18,6 +18,8 @@ export interface OpenOptions {
   userData?: Uint8Array;
   targetVp?: number;
   onPacket: PacketHandler;
+  /** See RingChannelOptions.batchWhileDraining. */
+  batchWhileDraining?: boolean;
 }
 
 export class GuestChannel {
@@ -79,6 +81,7 @@ export class GuestChannel {
         maxPacketBytes: options.maxPacketBytes ?? 4096,
         notifyPeer: () => client.signalHost(this),
         onPacket: options.onPacket,
+        batchWhileDraining: options.batchWhileDraining,
         onCorrupt: (error) => client.log(`relid ${this.relid}: host broke the ring protocol: ${error.message}`),
       });
       await client.openChannel(this, gpadl, sendPages, options.userData ?? new Uint8Array(120));

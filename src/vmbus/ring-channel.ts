@@ -23,6 +23,12 @@ export interface RingChannelOptions {
   maxPacketBytes?: number;
   /** Packets we hold while our outgoing ring is full; beyond this, send() fails. */
   maxBacklog?: number;
+  /**
+   * What the packet handlers send while a signal is being served goes out as one batch
+   * at the end of it (one publish, one signal at most): how Linux's netvsc returns its
+   * receive completions, at the end of each NAPI poll (send_recv_completions).
+   */
+  batchWhileDraining?: boolean;
 }
 
 interface Backlogged {
@@ -62,6 +68,8 @@ export class RingChannel {
     if (this.broken || this.draining) return;
     this.stats.signalsIn++;
     this.draining = true;
+    const batch = this.options.batchWhileDraining === true;
+    if (batch) this.beginBatch();
     try {
       this.drain();
       this.flushBacklog();
@@ -70,6 +78,7 @@ export class RingChannel {
       else throw e;
     } finally {
       this.draining = false;
+      if (batch) this.endBatch();
     }
   }
 

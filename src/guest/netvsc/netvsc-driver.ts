@@ -259,6 +259,8 @@ export class NetvscDriver implements VmbusDriver, GuestAttachable {
       receiveRingBytes: NETVSC_RING_BYTES,
       maxPacketBytes: 8192,
       targetVp: queue % vps,
+      // Receive completions (and sends the frames they carried set off) go out together at the end of each drain.
+      batchWhileDraining: true,
       onPacket: (packet, payload) => {
         const mem = channel.ring!.reader.mem.data;
         nic.onPacket(queue, packet.type, packet.transactionIdLow, packet.transactionIdHigh, mem.subarray(packet.headerOffset, packet.headerOffset + packet.headerLength), payload);
