@@ -1,7 +1,7 @@
 // Network throughput and packet rate through each way of joining a "guest" namespace G to
 // a "host" namespace H, in one run, with the same iperf3 commands for every path:
 //
-//   node dist/bench/network.js [--seconds 5] [--out results.json]     (root; iperf3, ping)
+//   node dist/bench/network.js [--seconds 4] [--rounds 3] [--out results.json]     (root; iperf3, ping)
 //
 //   veth       a veth pair G <-> H: the kernel's limit.
 //   relay      TAP in G -> TapRelay in this process -> TAP in H (no VMBus): our own floor.
@@ -11,6 +11,12 @@
 // Per path: iperf3 TCP G->H and H->G (one stream, receiver's rate) and UDP with 64-byte
 // payloads at unlimited rate (-b 0) in both directions (receiver's packets/s and loss).
 // Ratios: relay/veth, enlighten/relay (issue 5's target: >= 0.8) and enlighten/veth.
+//
+// This machine's speed drifts by tens of percent within a minute, so the paths are not
+// measured one after the other: each has its own pair of namespaces, all three stay up,
+// and every test runs on each path in turn, round after round (--rounds, the path order
+// rotating), so the paths see the same machine. A path's figure is the median of its
+// rounds; the per-round enlighten/relay ratios are reported as a range.
 // The namespaces (and every link and process in them) are removed at the end, on errors
 // and on SIGINT/SIGTERM.
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -49,20 +55,29 @@ export interface PathResult {
   udpHostToGuest?: UdpResult;
   /** Relay only: what crossed the relay (GSO frames show offloads passed through whole). */
   relayStats?: TapRelay['stats'];
+  /** Every round's result per test, in round order; the fields above hold the median one. */
+  rounds?: Partial<Record<MetricKey, Array<TcpResult | UdpResult>>>;
 }
+
+type MetricKey = 'tcpGuestToHost' | 'tcpHostToGuest' | 'udpGuestToHost' | 'udpHostToGuest';
 
 export interface NetworkBenchResult {
   date: string;
   seconds: number;
+  rounds: number;
   cores: number;
   kernel: string;
   paths: PathResult[];
-  /** metric -> ratio name -> value; only where both paths ran. */
+  /** metric -> ratio name -> value (of the medians); only where both paths ran. */
   ratios: Record<string, Record<string, number>>;
+  /** metric -> enlighten/relay of each round (both measured in it). */
+  roundRatios: Record<string, number[]>;
 }
 
 export interface NetworkBenchOptions {
   seconds?: number;
+  /** Rounds of every test on every path (default 3). */
+  rounds?: number;
   /** Write the result as JSON here. */
   out?: string;
   /** The enlighten path; absent: its row reads "not wired yet". */
@@ -70,12 +85,12 @@ export interface NetworkBenchOptions {
   log?: (line: string) => void;
 }
 
-const METRICS = [
-  { key: 'tcpGuestToHost', label: 'TCP G->H', unit: 'tcp' },
-  { key: 'tcpHostToGuest', label: 'TCP H->G', unit: 'tcp' },
-  { key: 'udpGuestToHost', label: 'UDP 64 B G->H', unit: 'udp' },
-  { key: 'udpHostToGuest', label: 'UDP 64 B H->G', unit: 'udp' },
-] as const;
+const METRICS: ReadonlyArray<{ key: MetricKey; label: string; reverse: boolean; udp: boolean }> = [
+  { key: 'tcpGuestToHost', label: 'TCP G->H', reverse: false, udp: false },
+  { key: 'tcpHostToGuest', label: 'TCP H->G', reverse: true, udp: false },
+  { key: 'udpGuestToHost', label: 'UDP 64 B G->H', reverse: false, udp: true },
+  { key: 'udpHostToGuest', label: 'UDP 64 B H->G', reverse: true, udp: true },
+];
 
 /** Child processes still running, killed on the way out (also from a signal handler). */
 const children = new Set<ChildProcess>();
@@ -199,24 +214,42 @@ async function checkReachable(guest: NetnsEnd, host: NetnsEnd): Promise<void> {
   if (r.code !== 0) throw new Error(`ping ${guest.netns} -> ${host.address} failed: ${r.stdout.trim().split('\n').pop()} ${r.stderr.trim()}`);
 }
 
-async function measure(ns: BenchNamespaces, result: PathResult, seconds: number, log: (line: string) => void): Promise<void> {
-  const { guest, host } = ns;
-  await checkReachable(guest, host);
-  log(`  ${result.path}: TCP G->H`);
-  result.tcpGuestToHost = await tcp(guest, host, seconds, false);
-  log(`  ${result.path}: TCP H->G`);
-  result.tcpHostToGuest = await tcp(guest, host, seconds, true);
-  log(`  ${result.path}: UDP 64 B G->H`);
-  result.udpGuestToHost = await udp(guest, host, seconds, false);
-  log(`  ${result.path}: UDP 64 B H->G`);
-  result.udpHostToGuest = await udp(guest, host, seconds, true);
-  result.status = 'ok';
+/** One test on one path; its result joins the path's rounds. */
+async function measureOnce(ns: BenchNamespaces, result: PathResult, metric: (typeof METRICS)[number], seconds: number): Promise<void> {
+  const r = metric.udp ? await udp(ns.guest, ns.host, seconds, metric.reverse) : await tcp(ns.guest, ns.host, seconds, metric.reverse);
+  ((result.rounds ??= {})[metric.key] ??= []).push(r);
 }
 
-function value(result: PathResult, key: (typeof METRICS)[number]['key']): number | undefined {
+/** Sets each test's result to the median of its rounds (the lower middle one for an even count). */
+function takeMedians(result: PathResult): void {
+  for (const metric of METRICS) {
+    const rounds = result.rounds?.[metric.key];
+    if (!rounds || rounds.length === 0) continue;
+    const sorted = [...rounds].sort((a, b) => measureOf(a) - measureOf(b));
+    (result as unknown as Record<MetricKey, TcpResult | UdpResult>)[metric.key] = sorted[Math.floor((sorted.length - 1) / 2)]!;
+  }
+}
+
+function measureOf(r: TcpResult | UdpResult): number {
+  return 'bitsPerSecond' in r ? r.bitsPerSecond : r.packetsPerSecond;
+}
+
+function value(result: PathResult, key: MetricKey): number | undefined {
   const m = result[key];
-  if (!m) return undefined;
-  return 'bitsPerSecond' in m ? m.bitsPerSecond : m.packetsPerSecond;
+  return m ? measureOf(m) : undefined;
+}
+
+/** enlighten/relay of each round in which both ran the test. */
+function computeRoundRatios(paths: PathResult[]): NetworkBenchResult['roundRatios'] {
+  const top = paths.find((p) => p.path === 'enlighten')?.rounds;
+  const bottom = paths.find((p) => p.path === 'relay')?.rounds;
+  const out: NetworkBenchResult['roundRatios'] = {};
+  for (const metric of METRICS) {
+    const t = top?.[metric.key] ?? [];
+    const b = bottom?.[metric.key] ?? [];
+    out[metric.key] = t.slice(0, b.length).map((r, i) => measureOf(r) / measureOf(b[i]!));
+  }
+  return out;
 }
 
 function computeRatios(paths: PathResult[]): NetworkBenchResult['ratios'] {
@@ -249,7 +282,7 @@ function formatCell(result: PathResult, metric: (typeof METRICS)[number]): strin
 
 export function formatTable(r: NetworkBenchResult): string {
   const lines: string[] = [];
-  lines.push(`network benchmark, ${r.date}, ${r.seconds} s per test, one stream, ${r.cores} cores, Linux ${r.kernel}`);
+  lines.push(`network benchmark, ${r.date}, ${r.rounds} rounds of ${r.seconds} s per test with the paths interleaved (medians), one stream, ${r.cores} cores, Linux ${r.kernel}`);
   const names = r.paths.map((p) => p.path);
   lines.push(`| test | ${names.join(' | ')} | relay/veth | enlighten/relay | enlighten/veth |`);
   lines.push(`| --- |${names.map(() => ' ---: |').join('')} ---: | ---: | ---: |`);
@@ -259,6 +292,11 @@ export function formatTable(r: NetworkBenchResult): string {
     lines.push(`| ${metric.label} | ${r.paths.map((p) => formatCell(p, metric)).join(' | ')} | ${ratio('relay/veth')} | ${ratio('enlighten/relay')} | ${ratio('enlighten/veth')} |`);
   }
   for (const p of r.paths) if (p.status !== 'ok') lines.push(`${p.path}: ${p.status}`);
+  const spread = METRICS.filter((m) => (r.roundRatios[m.key] ?? []).length > 1).map((m) => {
+    const rs = r.roundRatios[m.key]!;
+    return `${m.label} ${Math.min(...rs).toFixed(2)}-${Math.max(...rs).toFixed(2)}`;
+  });
+  if (spread.length) lines.push(`enlighten/relay per round: ${spread.join(', ')}`);
   const relay = r.paths.find((p) => p.path === 'relay')?.relayStats;
   if (relay) {
     lines.push(`relay frames G->H ${relay.aToB.frames} (GSO ${relay.aToB.gsoFrames}, busy drops ${relay.aToB.busyDrops}), ` +
@@ -272,98 +310,124 @@ export function formatTable(r: NetworkBenchResult): string {
   return lines.join('\n');
 }
 
-/** Runs the three paths in turn between one pair of namespaces. Needs root, iperf3 and ping. */
+/** A path being measured: its namespaces, its result, and how to stop it. */
+interface LivePath {
+  ns: BenchNamespaces;
+  result: PathResult;
+  stop: StopPath | null;
+}
+
+/**
+ * Brings the three paths up, each between its own pair of namespaces, then runs every
+ * test on each of them in turn, `rounds` times. Needs root, iperf3 and ping.
+ */
 export async function runNetworkBench(options: NetworkBenchOptions = {}): Promise<NetworkBenchResult> {
-  const seconds = options.seconds ?? 5;
+  const seconds = options.seconds ?? 4;
+  const rounds = options.rounds ?? 3;
   const log = options.log ?? ((line: string) => console.error(line));
   const unavailable = netnsUnavailableReason();
   if (unavailable) throw new Error(`cannot run the network benchmark: ${unavailable}`);
 
-  const ns = BenchNamespaces.create();
+  const live: LivePath[] = [];
+  const pollerErrors: unknown[] = [];
+  const poller = new Poller((e) => pollerErrors.push(e));
+  let relay: TapRelay | null = null;
+  const stopAll = async (): Promise<void> => {
+    for (const p of live) {
+      const stop = p.stop;
+      p.stop = null;
+      try {
+        await stop?.();
+      } catch {
+        // the namespaces go anyway
+      }
+    }
+  };
+  const destroyAll = (): void => {
+    for (const p of live) p.ns.destroy();
+  };
   // A signal must not leave namespaces (or iperf3 processes in them) behind.
-  let stopCurrent: StopPath | null = null;
   const onSignal = (signal: NodeJS.Signals) => {
     killChildren();
-    try {
-      void stopCurrent?.();
-    } catch {
-      // the namespaces go anyway
-    }
-    ns.destroy();
+    void stopAll();
+    destroyAll();
     process.stderr.write(`\nbench/network: ${signal}, namespaces removed\n`);
     process.exit(signal === 'SIGINT' ? 130 : 143);
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
 
-  const paths: PathResult[] = [];
+  const start = async (path: PathName, up: (ns: BenchNamespaces) => StopPath | Promise<StopPath>): Promise<void> => {
+    const p: LivePath = { ns: BenchNamespaces.create(), result: { path, status: 'failed' }, stop: null };
+    live.push(p);
+    try {
+      log(`${path}: namespaces ${p.ns.guest.netns} (${p.ns.guest.cidr}) and ${p.ns.host.netns} (${p.ns.host.cidr})`);
+      p.stop = await up(p.ns);
+      await checkReachable(p.ns.guest, p.ns.host);
+      p.result.status = 'ok';
+    } catch (e) {
+      p.result.status = `failed: ${(e as Error).message}`;
+    }
+  };
+
   try {
-    log(`namespaces ${ns.guest.netns} (${ns.guest.cidr}) and ${ns.host.netns} (${ns.host.cidr})`);
-
-    const veth: PathResult = { path: 'veth', status: 'failed' };
-    paths.push(veth);
-    try {
-      stopCurrent = startVethPath(ns);
-      await measure(ns, veth, seconds, log);
-    } catch (e) {
-      veth.status = `failed: ${(e as Error).message}`;
-    } finally {
-      await stopCurrent?.();
-      stopCurrent = null;
-    }
-
-    const relay: PathResult = { path: 'relay', status: 'failed' };
-    paths.push(relay);
-    const pollerErrors: unknown[] = [];
-    const poller = new Poller((e) => pollerErrors.push(e));
-    try {
+    await start('veth', (ns) => startVethPath(ns));
+    await start('relay', (ns) => {
       const started = startRelayPath(ns, poller);
-      stopCurrent = started.stop;
-      await measure(ns, relay, seconds, log);
-      relay.relayStats = structuredClone(started.relay.stats);
-      if (pollerErrors.length) throw pollerErrors[0];
-    } catch (e) {
-      relay.status = `failed: ${(e as Error).message}`;
-    } finally {
-      await stopCurrent?.();
-      stopCurrent = null;
-      await poller.stop();
-    }
-
-    const enlighten: PathResult = { path: 'enlighten', status: 'not wired yet' };
-    paths.push(enlighten);
+      relay = started.relay;
+      return started.stop;
+    });
     if (options.startEnlightenPath) {
-      try {
-        stopCurrent = await options.startEnlightenPath(ns.guest, ns.host);
-        await measure(ns, enlighten, seconds, log);
-      } catch (e) {
-        enlighten.status = `failed: ${(e as Error).message}`;
-      } finally {
-        await stopCurrent?.();
-        stopCurrent = null;
+      const starter = options.startEnlightenPath;
+      await start('enlighten', (ns) => starter(ns.guest, ns.host));
+    } else live.push({ ns: BenchNamespaces.create(), result: { path: 'enlighten', status: 'not wired yet' }, stop: null });
+
+    for (let round = 0; round < rounds; round++) {
+      for (const metric of METRICS) {
+        // The order of the paths rotates each round, so none always runs first.
+        for (let k = 0; k < live.length; k++) {
+          const p = live[(k + round) % live.length]!;
+          if (p.result.status !== 'ok') continue;
+          log(`  round ${round + 1}/${rounds}: ${p.result.path}: ${metric.label}`);
+          try {
+            await measureOnce(p.ns, p.result, metric, seconds);
+          } catch (e) {
+            p.result.status = `failed: ${(e as Error).message}`;
+          }
+        }
       }
     }
+    if (pollerErrors.length) throw pollerErrors[0];
   } finally {
     killChildren();
-    ns.destroy();
+    await stopAll();
+    await poller.stop();
+    destroyAll();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
 
+  const paths = live.map((p) => p.result);
+  for (const p of paths) takeMedians(p);
+  const relayPath = paths.find((p) => p.path === 'relay');
+  if (relayPath && relay) relayPath.relayStats = structuredClone((relay as TapRelay).stats);
   const result: NetworkBenchResult = {
     date: new Date().toISOString().slice(0, 10),
     seconds,
+    rounds,
     cores: os.cpus().length,
     kernel: os.release(),
     paths,
     ratios: computeRatios(paths),
+    roundRatios: computeRoundRatios(paths),
   };
   if (options.out) fs.writeFileSync(options.out, `${JSON.stringify(result, null, 2)}\n`);
   return result;
 }
 
-function parseArgs(argv: string[]): { seconds: number; out?: string } {
-  let seconds = Number(process.env.BENCH_SECONDS ?? 5);
+function parseArgs(argv: string[]): { seconds: number; rounds: number; out?: string } {
+  let seconds = Number(process.env.BENCH_SECONDS ?? 4);
+  let rounds = Number(process.env.BENCH_ROUNDS ?? 3);
   let out: string | undefined;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -371,11 +435,14 @@ function parseArgs(argv: string[]): { seconds: number; out?: string } {
     else if (a.startsWith('--out=')) out = a.slice(6);
     else if (a === '--seconds') seconds = Number(argv[++i]);
     else if (a.startsWith('--seconds=')) seconds = Number(a.slice(10));
-    else throw new Error(`unknown argument ${a} (use --seconds N, --out FILE)`);
+    else if (a === '--rounds') rounds = Number(argv[++i]);
+    else if (a.startsWith('--rounds=')) rounds = Number(a.slice(9));
+    else throw new Error(`unknown argument ${a} (use --seconds N, --rounds N, --out FILE)`);
   }
   if (out === undefined && argv.includes('--out')) throw new Error('--out needs a file name');
   if (!Number.isFinite(seconds) || seconds < 1) throw new Error(`--seconds must be >= 1`);
-  return { seconds, out };
+  if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds must be a whole number >= 1`);
+  return { seconds, rounds, out };
 }
 
 async function main(): Promise<void> {
