@@ -1240,6 +1240,38 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     assert.equal(rig.guest.failures.length, 0);
   });
 
+  // Frames read in one batch from the TAP go as ONE transfer-page packet with a range per
+  // frame (as Hyper-V batches them; Linux walks the ranges and completes the packet once),
+  // up to 40 ranges a packet. The one completion must free every frame's sub-allocations,
+  // and a completion naming a later frame (a chain member) must free nothing.
+  test('frames read in one batch share a transfer-page packet (40 ranges at most); one completion frees them all', async () => {
+    const rig = makeRig();
+    await bringUp(rig);
+    assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
+    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    const free = rig.device.stats().receiveBufferFree;
+    const frames = Array.from({ length: 45 }, (_, i) => tcpFrame({ payload: 20 + i * 30, sport: 1000 + i }));
+    rig.backend.inject(frames);
+    assert.equal(rig.backend.injectedInPlace, 45);
+    const first = await rig.guest.next('the first packet');
+    const second = await rig.guest.next('the second packet');
+    assert.equal(rig.guest.take(), null, 'two packets for 45 frames');
+    const a = readFragments(rig, first);
+    const b = readFragments(rig, second);
+    assert.deepEqual([a.length, b.length], [40, 5]);
+    [...a, ...b].forEach((f, i) => assert.ok(Buffer.from(f.data).equals(Buffer.from(frames[i]!)), `frame ${i} intact, in order`));
+    assert.ok(rig.device.stats().receiveBufferFree <= free - 45);
+    const ch = rig.device.stats().channels[0]!;
+    assert.equal(ch.rxFrames, 45);
+    const bad = ch.badCompletions;
+    completeReceive(rig.guest, ((first.transactionId >> 32n) << 32n) | BigInt(a[3]!.index));
+    await waitFor(() => rig.device.stats().channels[0]!.badCompletions === bad + 1, 'the completion naming a later frame to be refused');
+    completeReceive(rig.guest, first.transactionId);
+    completeReceive(rig.guest, second.transactionId);
+    await waitFor(() => rig.device.stats().receiveBufferFree === free, 'every frame\'s sub-allocations back');
+    assert.equal(rig.guest.failures.length, 0);
+  });
+
   // The RSS hash goes on the first fragment only (Linux applies the first fragment's PPIs
   // to the segment), and with three PPIs there coalescedFragmentCount is exact: this is
   // the count the host reserves ring space and pauses the backend for, on the largest

@@ -198,6 +198,22 @@ export class NetvspChannel implements ReceiveQueue {
   private readonly txParsed = new ParsedPacket();
   private readonly controlOut = new Uint8Array(RNDIS_CONTROL_RESPONSE_MAX);
   private readonly transferRanges: TransferPageRange[] = Array.from({ length: MAX_COALESCED_FRAGMENTS }, () => ({ byteCount: 0, byteOffset: 0 }));
+  /**
+   * Frames read in place and not sent yet: the ranges of one transfer-page packet being
+   * filled (Hyper-V puts many RNDIS messages in one; Linux completes the packet once), its
+   * sub-allocations chained from pendingHead so that the one completion frees them all.
+   * Sent at the end of the backend's read batch, when full, or before anything else.
+   */
+  private pendingRanges = 0;
+  private pendingHead = -1;
+  private pendingTail = -1;
+  private pendingBytes = 0;
+  private pendingSegments = 0;
+  private pendingFlushQueued = false;
+  private readonly flushReceivesBound = (): void => {
+    this.pendingFlushQueued = false;
+    this.flushReceives();
+  };
   /** The id of the last coalesced segment (PKTINFO_ID pkt_id), per channel. */
   private coalescedId = 0;
   private readonly coalescedIndices = new Int32Array(MAX_COALESCED_FRAGMENTS);
@@ -245,6 +261,7 @@ export class NetvspChannel implements ReceiveQueue {
     this.open = null;
     this.pendingSendSet = false;
     this.reader = null;
+    this.dropPendingReceives();
     this.writer = null;
     this.batch.drop();
     this.controlQueue = [];
@@ -830,6 +847,7 @@ export class NetvspChannel implements ReceiveQueue {
   deliverFrame(frame: Uint8Array, length: number, offload: PacketOffload | null, parsed: ParsedPacket, hash: number): boolean {
     const rb = this.nic.receiveBuffer;
     if (rb === null || this.writer === null) return false;
+    this.flushReceives();
     const ppiBytes = PPI_U32_RECORD_SIZE + (hash !== NO_HASH ? PPI_U32_RECORD_SIZE : 0);
     const messageLength = RndisMessageSize.Packet + ppiBytes + length;
     if (messageLength > rb.subAllocSize) {
@@ -879,6 +897,7 @@ export class NetvspChannel implements ReceiveQueue {
   deliverCoalesced(frame: Uint8Array, length: number, checksum: number, hash: number): boolean {
     const rb = this.nic.receiveBuffer;
     if (rb === null || this.writer === null) return false;
+    this.flushReceives();
     const fragments = coalescedFragmentCount(length, rb.subAllocSize);
     if (fragments > MAX_COALESCED_FRAGMENTS || rb.freeCount < fragments) {
       this.stats.rxDropped++;
@@ -943,15 +962,21 @@ export class NetvspChannel implements ReceiveQueue {
 
   /**
    * Sends a frame read in place: it lies from sub-allocation `index` on, at the first
-   * fragment's data offset, over as many contiguous sub-allocations as it needs (the
-   * caller chained them to `index`); its PPIs go right before it. It goes as one RNDIS
-   * PACKET in one range, which Linux takes whatever its length (netvsc_receive checks
-   * only that a range lies in the buffer): a whole TCP segment (`segment`, for a guest
-   * with RSC on) costs one message instead of a fragment per sub-allocation. On false (no
-   * ring room) the sub-allocations are freed.
+   * fragment's data offset, over the `count` contiguous sub-allocations it needs (the
+   * caller chained them to `index`); its PPIs go right before it. It is one RNDIS PACKET
+   * in one range, which Linux takes whatever its length (netvsc_receive checks only that
+   * a range lies in the buffer): a whole TCP segment (`segment`, for a guest with RSC on)
+   * costs one message instead of a fragment per sub-allocation. The range joins the
+   * packet being filled (see pendingRanges). False: the channel cannot send, and the
+   * sub-allocations are freed.
    */
-  deliverInPlace(index: number, length: number, checksum: number, hash: number, segment = false): boolean {
+  deliverInPlace(index: number, count: number, length: number, checksum: number, hash: number, segment = false): boolean {
     const rb = this.nic.receiveBuffer!;
+    if (this.writer === null) {
+      rb.free(index);
+      this.stats.rxDropped++;
+      return false;
+    }
     const buf = rb.bytes;
     const at = rb.offsetOf(index);
     const dataAt = FIRST_FRAGMENT_DATA_OFFSET;
@@ -960,9 +985,49 @@ export class NetvspChannel implements ReceiveQueue {
     const ppi = at + dataAt - ppiBytes;
     writeU32Ppi(buf, ppi, PpiType.TcpIpChecksum, checksum);
     if (hash !== NO_HASH) writeU32Ppi(buf, ppi + PPI_U32_RECORD_SIZE, PpiType.HashValue, hash);
-    if (!this.sendOneFrame(index, dataAt + length, length)) return false;
-    if (segment) this.stats.rxCoalesced++;
+    if (this.pendingRanges === MAX_COALESCED_FRAGMENTS) this.flushReceives();
+    this.setRange(this.pendingRanges, at, dataAt + length);
+    if (this.pendingRanges === 0) {
+      this.pendingHead = index;
+      // A backend that never ends its batches still gets its frames out this turn.
+      if (!this.pendingFlushQueued) {
+        this.pendingFlushQueued = true;
+        queueMicrotask(this.flushReceivesBound);
+      }
+    } else rb.chain(this.pendingTail, index);
+    this.pendingTail = index + count - 1;
+    this.pendingRanges++;
+    this.pendingBytes += length;
+    if (segment) this.pendingSegments++;
     return true;
+  }
+
+  /** Sends the packet of frames read in place (one transfer-page packet, one completion for all). */
+  flushReceives(): void {
+    const count = this.pendingRanges;
+    if (count === 0) return;
+    const head = this.pendingHead;
+    const bytes = this.pendingBytes;
+    const segments = this.pendingSegments;
+    this.pendingRanges = this.pendingBytes = this.pendingSegments = 0;
+    this.pendingHead = this.pendingTail = -1;
+    if (this.writer === null || !this.sendTransferPage(head, RndisChannelType.Data, count)) {
+      this.nic.receiveBuffer?.free(head);
+      this.stats.rxDropped += count;
+      return;
+    }
+    this.stats.rxFrames += count;
+    this.stats.rxBytes += bytes;
+    this.stats.rxCoalesced += segments;
+  }
+
+  /** The channel stops: frames read in place and not sent go back to the receive buffer. */
+  private dropPendingReceives(): void {
+    if (this.pendingRanges === 0) return;
+    this.nic.receiveBuffer?.free(this.pendingHead);
+    this.stats.rxDropped += this.pendingRanges;
+    this.pendingRanges = this.pendingBytes = this.pendingSegments = 0;
+    this.pendingHead = this.pendingTail = -1;
   }
 
   queueControl(message: Uint8Array, length: number): void {
@@ -984,6 +1049,7 @@ export class NetvspChannel implements ReceiveQueue {
   private flushControl(): void {
     const queue = this.controlQueue;
     if (queue.length === 0 || this.writer === null) return;
+    this.flushReceives();
     const rb = this.nic.receiveBuffer;
     if (rb === null) {
       // RNDIS before SEND_RECV_BUF: there is nowhere to put the answer.

@@ -41,8 +41,10 @@ export interface ReceiveQueue {
   deliverFrame(frame: Uint8Array, length: number, offload: PacketOffload | null, parsed: ParsedPacket, hash: number): boolean;
   /** Sends a large TCP segment whole as RSC fragments; `checksum` is the receive checksum PPI value. False: no room. */
   deliverCoalesced(frame: Uint8Array, length: number, checksum: number, hash: number): boolean;
-  /** Sends a frame (or, `segment`, a whole TCP segment) read in place from sub-allocation `index` on, the rest chained to it, as one range. False: no room, and they are freed. */
-  deliverInPlace(index: number, length: number, checksum: number, hash: number, segment?: boolean): boolean;
+  /** Sends a frame (or, `segment`, a whole TCP segment) read in place over `count` sub-allocations from `index` on, chained to it, as one range. False: the channel cannot send, and they are freed. */
+  deliverInPlace(index: number, count: number, length: number, checksum: number, hash: number, segment?: boolean): boolean;
+  /** Sends what deliverInPlace gathered (the end of a backend's read batch). */
+  flushReceives(): void;
   /** Queues an RNDIS control message (a response or indication) for the guest. */
   queueControl(message: Uint8Array, length: number): void;
 }
@@ -123,7 +125,13 @@ export class NetvspNic implements RndisDeviceInfo {
     this.offload = options.offload;
     this.backend = options.backend;
     this.rndis = new RndisControl(this);
-    options.backend.onReceive((frame, length, offload) => this.onFrame(frame, length, offload));
+    options.backend.onReceive(
+      (frame, length, offload) => this.onFrame(frame, length, offload),
+      // The end of a read batch: frames read in place go to the guest, one packet per queue.
+      () => {
+        for (const q of this.queues) q?.flushReceives();
+      },
+    );
     options.backend.setReceiveTarget?.({
       next: () => this.nextReceiveRoom(),
       received: (length, offload) => this.receivedInPlace(length, offload),
@@ -486,10 +494,10 @@ export class NetvspNic implements RndisDeviceInfo {
         if (offload.needsChecksum) good = fillPartialChecksum(buf, at, length, offload.checksumStart, offload.checksumOffset);
         const checksum = good ? rxChecksumGood(p) : 0;
         const target = this.pickQueue(buf, at, p);
-        if (!target.deliverInPlace(head, length, checksum, this.hash)) this.counters.rxNoBuffer++;
+        if (!target.deliverInPlace(head, count, length, checksum, this.hash)) this.counters.rxNoBuffer++;
       } else if (this.coalesces(offload) && kind === PacketKind.Tcp && this.describeWholeSegment(buf, at, length, offload, p)) {
         const target = this.pickQueue(buf, at, p);
-        if (!target.deliverInPlace(head, length, (p.ipVersion === 4 ? RxChecksum.IpSucceeded : 0) | RxChecksum.TcpSucceeded, this.hash, true)) this.counters.rxNoBuffer++;
+        if (!target.deliverInPlace(head, count, length, (p.ipVersion === 4 ? RxChecksum.IpSucceeded : 0) | RxChecksum.TcpSucceeded, this.hash, true)) this.counters.rxNoBuffer++;
       } else {
         // Segmented (and copied) instead: the in-place copy is only read, then given back.
         const joined = (this.joined ??= new Uint8Array(MAX_COALESCED_FRAME));
