@@ -357,6 +357,37 @@ describe('Poller', () => {
     b.close();
   });
 
+  // Work queued for the next turn by something other than the Poller's handlers (the
+  // storvsc request engine publishes its rings from a setImmediate) must not wait out an
+  // in-thread wait: 50 ms once the thread has been idle a while.
+  test('keepAwake: the next in-thread turn does not block, so a chain of immediates is not held up', async () => {
+    const poller = new Poller((e) => assert.fail(String(e)), { waitInThreadMs: IN_THREAD_WAIT_MS });
+    const e = EventFd.create();
+    try {
+      poller.add(e.fd, () => e.drain());
+      await new Promise((r) => setTimeout(r, 150)); // idle: the turns now block up to 50 ms
+      const hops = (count: number, awake: boolean) =>
+        new Promise<number>((resolve) => {
+          const start = performance.now();
+          let left = count;
+          const hop = (): void => {
+            if (--left === 0) return resolve(performance.now() - start);
+            setImmediate(hop);
+            if (awake) poller.keepAwake();
+          };
+          setImmediate(hop);
+          if (awake) poller.keepAwake();
+        });
+      const blocked = await hops(10, false);
+      assert.ok(blocked > 100, `without keepAwake the idle thread's waits hold each hop up (${blocked.toFixed(1)} ms for 10)`);
+      const awake = await hops(20, true);
+      assert.ok(awake < 100, `with keepAwake 20 hops take ${awake.toFixed(1)} ms`);
+    } finally {
+      await poller.stop();
+      e.close();
+    }
+  });
+
   test('calls handlers for readable fds; remove() stops them; stop() resolves and closes', async () => {
     const epollsBefore = anonInodes('eventpoll');
     const eventfdsBefore = anonInodes('eventfd');

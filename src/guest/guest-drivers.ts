@@ -53,9 +53,11 @@ export function createGuestDrivers(options: GuestWorkerOptions, hooks: GuestDriv
   const kvp = want('kvp')
     ? driver<KvpDriver>('kvp', (t) => new KvpDriver(t, { log, info: { fullyQualifiedDomainName: options.hostname ?? 'enlighten-guest', osName: 'enlighten reference guest', processorArchitecture: 'x86_64' } }))
     : null;
-  const storvsc = want('storvsc') ? new StorvscDriver({ ...options.storvsc, log }) : null;
-  const exposeNics = options.exposeNics;
   const poller = hooks.poller;
+  // The request engine publishes its rings on the next turn: a guest thread waiting in its
+  // own epoll_wait must not block through that turn.
+  const storvsc = want('storvsc') ? new StorvscDriver({ ...options.storvsc, log, keepAwake: poller ? () => poller.keepAwake() : undefined }) : null;
+  const exposeNics = options.exposeNics;
   const netvsc = want('netvsc')
     ? new NetvscDriver({
       ...options.netvsc,

@@ -139,6 +139,16 @@ export class Poller {
     } else this.inThreadMs = -1;
   }
 
+  /**
+   * Work was queued for the next turn of the event loop (a setImmediate that publishes a
+   * ring, say) by something other than this Poller's handlers: that turn must not block
+   * in epoll_wait, or the work waits out the timeout. Nothing to do for a pool waiter.
+   */
+  keepAwake(): void {
+    this.busyTurn = true;
+    this.idleTurns = 0;
+  }
+
   /** Whether this Poller waits in its thread rather than on the pool. */
   get waitsInThread(): boolean {
     return this.inThreadMs >= 0;

@@ -93,6 +93,9 @@ export class ProcessVm extends EventEmitter<VmEvents> {
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
       worker.postMessage({ id, request });
+      // The guest thread may be blocked in its epoll_wait (it waits there, not on the
+      // libuv loop): a spurious interrupt ends the wait so the message is read now.
+      this.partition.kickGuest();
     });
   }
 

@@ -45,6 +45,8 @@ export interface StorvscControllerOptions {
    * dominate the latency of small I/O. 0 turns it off.
    */
   pollMicros?: number;
+  /** Called when work is queued for the next turn of the event loop (see Poller.keepAwake). */
+  keepAwake?: () => void;
   log: (message: string) => void;
   /** Unsolicited ENUMERATE_BUS / REMOVE_DEVICE: rescan (storvsc_host_scan). */
   onBusChange: () => void;

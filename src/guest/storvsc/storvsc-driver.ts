@@ -23,6 +23,8 @@ export interface StorvscDriverOptions {
   maxOutstanding?: number;
   /** Completion polling after each batch, in microseconds (0: interrupts only). */
   pollMicros?: number;
+  /** See StorvscControllerOptions.keepAwake. */
+  keepAwake?: () => void;
   log?: (message: string) => void;
 }
 
@@ -99,6 +101,7 @@ export class StorvscDriver extends EventEmitter<StorvscEvents> implements VmbusD
       ioTimeoutMs: this.options.ioTimeoutMs,
       maxOutstanding: this.options.maxOutstanding,
       pollMicros: this.options.pollMicros,
+      keepAwake: this.options.keepAwake,
       log: this.log,
       onBusChange: () => this.hotplug(adapter),
       onInvalidLun: (target) => this.removeDisk(adapter, target),

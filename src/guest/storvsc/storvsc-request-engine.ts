@@ -496,6 +496,7 @@ export class RequestEngine {
     if (this.tickScheduled) return;
     this.tickScheduled = true;
     setImmediate(this.onTickBound);
+    this.options.keepAwake?.();
   }
 
   /** End of a JS turn's submissions: deferred completions, then publish each ring's batch once. */
