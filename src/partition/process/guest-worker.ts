@@ -25,8 +25,8 @@ const send = (message: GuestToHost) => port.postMessage(message);
 // instead of three (a pool thread, then this one, then a pool thread re-armed), and the
 // pool's threads stop taking CPU from the data path. The host kicks an interrupt line
 // after each control message, so a request is not left waiting out the wait. Measured in
-// interleaved pairs (2026-11-27): TCP through the NICs used 5-8% less CPU, with G->H
-// faster in 5 of 8 pairs; 4k QD1 and QD32 reads unchanged.
+// interleaved pairs (2026-11-27): TCP through the NICs used 5-8% less CPU and was faster
+// in 5 of 8 pairs; 4k QD32 reads +5-18%, QD1 no worse (with keepAwake, see storvsc).
 const poller = new Poller((e) => guest.report({ event: 'log', message: `guest event loop error: ${(e as Error).stack ?? e}` }), { waitInThreadMs: IN_THREAD_WAIT_MS });
 const hv = new ProcessGuestHypervisor(shared, poller);
 const drivers: GuestDriverSet = createGuestDrivers(options, {
