@@ -430,6 +430,8 @@ describe('receive buffer allocator', () => {
       | { kind: 'release'; pick: number }
       | { kind: 'chain-reserved'; pick: number; into: number }
       | { kind: 'forge-reserved'; pick: number }
+      | { kind: 'reserve-run'; n: number }
+      | { kind: 'extend-run'; at: number; n: number }
       | { kind: 'chain'; pick: number }
       | { kind: 'free-head'; pick: number }
       | { kind: 'free-member'; pick: number; at: number }
@@ -442,6 +444,8 @@ describe('receive buffer allocator', () => {
       fc.record({ kind: fc.constant('release' as const), pick: fc.nat() }),
       fc.record({ kind: fc.constant('chain-reserved' as const), pick: fc.nat(), into: fc.nat() }),
       fc.record({ kind: fc.constant('forge-reserved' as const), pick: fc.nat() }),
+      fc.record({ kind: fc.constant('reserve-run' as const), n: fc.integer({ min: 0, max: 18 }) }),
+      fc.record({ kind: fc.constant('extend-run' as const), at: fc.integer({ min: -1, max: 17 }), n: fc.integer({ min: 0, max: 5 }) }),
       fc.record({ kind: fc.constant('chain' as const), pick: fc.nat() }),
       fc.record({ kind: fc.constant('chain' as const), pick: fc.nat() }),
       fc.record({ kind: fc.constant('free-head' as const), pick: fc.nat() }),
@@ -502,6 +506,33 @@ describe('receive buffer allocator', () => {
               const p = packets[o.into % packets.length]!;
               rb.chain(p.at(-1)!, i!);
               p.push(i!);
+              break;
+            }
+            case 'reserve-run': {
+              // A run is n contiguous sub-allocations that were all free, or -1 when none exists.
+              const isFree = (i: number) => owner(i) < 0 && !reserved.includes(i);
+              let exists = false;
+              for (let start = 0; start + o.n <= count && o.n >= 1; start++) {
+                let all = true;
+                for (let k = start; k < start + o.n; k++) all &&= isFree(k);
+                if (all) exists = true;
+              }
+              const start = rb.reserveRun(o.n);
+              assert.equal(start >= 0, exists, `reserveRun(${o.n}) finds a run iff one exists`);
+              if (start >= 0) {
+                for (let k = start; k < start + o.n; k++) {
+                  assert.ok(isFree(k), `run member ${k} was free`);
+                  reserved.push(k);
+                }
+              }
+              break;
+            }
+            case 'extend-run': {
+              const isFree = (i: number) => owner(i) < 0 && !reserved.includes(i);
+              let all = o.at >= 0 && o.at + o.n <= count;
+              for (let k = o.at; all && k < o.at + o.n; k++) all &&= isFree(k);
+              assert.equal(rb.extendRun(o.at, o.n), all, `extendRun(${o.at}, ${o.n})`);
+              if (all) for (let k = o.at; k < o.at + o.n; k++) reserved.push(k);
               break;
             }
             case 'forge-reserved': {

@@ -118,11 +118,14 @@ export class ReceiveBuffer {
   allocate(): number {
     if (this.freeTotal === 0) return -1;
     const count = this.count;
-    let index = this.cursor;
-    while (this.inUse[index] !== FREE) index = index + 1 === count ? 0 : index + 1;
-    this.take(index, HEAD);
-    this.cursor = index + 1 === count ? 0 : index + 1;
-    return index;
+    // One lap at most: freeTotal > 0 says a free one exists.
+    for (let k = 0, index = this.cursor; k < count; k++, index = index + 1 === count ? 0 : index + 1) {
+      if (this.inUse[index] !== FREE) continue;
+      this.take(index, HEAD);
+      this.cursor = index + 1 === count ? 0 : index + 1;
+      return index;
+    }
+    return -1;
   }
 
   private take(index: number, state: number): void {
@@ -204,7 +207,8 @@ export class ReceiveBuffer {
    */
   free(index: number): boolean {
     if (!Number.isInteger(index) || index < 0 || index >= this.count || this.inUse[index] !== HEAD) return false;
-    for (let i = index; i >= 0; ) {
+    // A chain is never longer than the buffer: the bound only guards the walk itself.
+    for (let i = index, steps = 0; i >= 0 && steps < this.count && this.inUse[i] !== FREE; steps++) {
       const next = this.nextInPacket[i]!;
       this.nextInPacket[i] = -1;
       this.inUse[i] = FREE;
