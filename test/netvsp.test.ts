@@ -1017,6 +1017,15 @@ function injectGso(rig: Rig, frame: Uint8Array, v6 = false, l3 = 14): void {
 }
 
 /** An NDIS_OFFLOAD_PARAMETERS SET with only the RSC fields (what Linux's LRO toggle sends); other fields 0 = no change. */
+/** A rig whose guest is up with RSC on for both IP versions (frames are read in place), its SETs completed. */
+async function coalescingRig(): Promise<Rig> {
+  const rig = makeRig();
+  await bringUp(rig);
+  assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
+  await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+  return rig;
+}
+
 async function setRsc(rig: Rig, v4: number, v6: number): Promise<number> {
   const b = new Uint8Array(28);
   encodeNdisOffloadParameters(b, 0, {
@@ -1142,10 +1151,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
   // PKTINFO_ID fragments of one sub-allocation each, as Hyper-V sends them.
   for (const inPlace of [true, false]) {
     test(`a 64 KiB TCP/IPv4 GSO frame arrives whole (${inPlace ? 'read in place: one range' : 'copied: PKTINFO_ID fragments'}), fixed IP header, one completion frees all`, async () => {
-      const rig = makeRig();
-      await bringUp(rig);
-      assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
-      await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+      const rig = await coalescingRig();
       if (!inPlace) rig.backend.target = null;
       const free = rig.device.stats().receiveBufferFree;
       const frame = gsoFrame({ payload: 65535 - 40 });
@@ -1203,10 +1209,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
   // own buffer (copied) must give the guest the same packet: same fragments, same PPIs,
   // same bytes; and a frame that is not a segment arrives as a plain frame either way.
   test('fast-check: frames and segments read in place equal the same ones copied', async () => {
-    const rig = makeRig();
-    await bringUp(rig);
-    assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
-    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    const rig = await coalescingRig();
     const target = rig.backend.target;
     assert.ok(target !== null, 'the NIC offered a receive target');
     const receiveOnce = async (frame: Uint8Array, gso: boolean, inPlace: boolean) => {
@@ -1236,10 +1239,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
   // sub-allocations it filled; the guest's completions bring the buffer back to exactly
   // the standing room; turning RSC off gives that back too.
   test('the receive room stands between reads: nothing is reserved again for a read that brought nothing, and nothing leaks', async () => {
-    const rig = makeRig();
-    await bringUp(rig);
-    assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
-    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    const rig = await coalescingRig();
     const target = rig.backend.target!;
     const rb = rig.device.nic.receiveBuffer!;
     const need = Math.ceil((FIRST_FRAGMENT_DATA_OFFSET + MAX_COALESCED_FRAME) / rb.subAllocSize);
@@ -1276,10 +1276,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
   // up to 40 ranges a packet. The one completion must free every frame's sub-allocations,
   // and a completion naming a later frame (a chain member) must free nothing.
   test('frames read in one batch share a transfer-page packet (40 ranges at most); one completion frees them all', async () => {
-    const rig = makeRig();
-    await bringUp(rig);
-    assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
-    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    const rig = await coalescingRig();
     const free = rig.device.stats().receiveBufferFree;
     const frames = Array.from({ length: 45 }, (_, i) => tcpFrame({ payload: 20 + i * 30, sport: 1000 + i }));
     rig.backend.inject(frames);
@@ -1339,10 +1336,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
   // least one byte (a count that disagreed with the layout once left an empty last
   // fragment).
   test('no fragment is empty, whatever the segment length (without RSS)', async () => {
-    const rig = makeRig();
-    await bringUp(rig);
-    assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
-    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    const rig = await coalescingRig();
     // The data sits at fixed offsets (room for id, checksum and hash PPIs in the first
     // fragment, the id in the others), so a backend can read a segment in place before
     // its PPIs are known; without RSS the first fragment's hash room stays unused.
@@ -1441,10 +1435,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
   // write the length modulo 65536 (the guest's IP layer then drops a packet claiming to
   // be 3 bytes long); it must be refused or cut instead.
   test('an untagged TCP/IPv4 GSO frame whose IP packet exceeds 65535 bytes is never sent whole with a wrapped length', async () => {
-    const rig = makeRig();
-    await bringUp(rig);
-    assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
-    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    const rig = await coalescingRig();
     const frame = gsoFrame({ payload: MAX_COALESCED_FRAME - 54 }); // 65553 bytes: a 65539-byte IP packet
     injectGso(rig, frame);
     await new Promise((r) => setTimeout(r, 20));
