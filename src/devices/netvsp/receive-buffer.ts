@@ -1,23 +1,27 @@
 // The guest's receive buffer as NetVSP carves it: one section starting at offset 0, cut
 // into equal sub-allocations (spec 2.2 step 4, 2.3). Every host->guest RNDIS message -
-// received frames, control responses, status indications - is written into one free
-// sub-allocation and handed to the guest in a transfer-page packet; the sub-allocation
-// stays the guest's until it completes that packet.
+// received frames, control responses, status indications - is written into free
+// sub-allocations and handed to the guest in a transfer-page packet; they stay the
+// guest's until it completes that packet.
 //
-// Sizing choice: one message per sub-allocation, and the sub-allocation is big enough for
-// the largest frame of the device's MTU plus the RNDIS header and every PPI the host
-// sends (1728 bytes, Hyper-V's value, up to MTU 1614; MTU 9000 gives 9112). A coalesced
-// (RSC) segment is the exception: its fragments take one sub-allocation each, all named by
-// one transfer-page packet, and the sub-allocations of a packet are chained so that the
-// guest's one completion frees them all.
+// Sizing choice: the sub-allocation is big enough for the largest frame of the device's
+// MTU plus the RNDIS header and every PPI the host sends (1728 bytes, Hyper-V's value, up
+// to MTU 1614; MTU 9000 gives 9112), so a copied frame takes one. Larger pieces:
+//   - a segment copied for a guest with RSC goes as fragments of one sub-allocation each
+//     (PKTINFO_ID), all in one packet;
+//   - a frame or segment read in place lies over a run of contiguous sub-allocations and
+//     goes as one range (Linux checks only that a range lies in the buffer);
+//   - frames read in one batch share a packet, a range each.
+// The sub-allocations of a packet are chained so that the guest's one completion frees
+// them all.
 //
 // The allocator is next-fit over a state array made once per buffer: it hands out
 // sub-allocations in buffer order from a cursor, so what the guest completes (in order,
-// mostly) leaves long free stretches ahead of it, and a run of contiguous ones - a whole
-// segment read in place, sent as one range - is usually right there. Allocating and
-// freeing touch no heap. The transaction id of a packet encodes the
-// buffer generation and the index, so a completion that names a buffer revoked since (or
-// an index never handed out) is recognised and ignored.
+// mostly) leaves long free stretches ahead of it, and a run of contiguous ones is usually
+// right there. Allocating and freeing touch no heap. The transaction id of a packet
+// encodes the buffer generation and the index of its first sub-allocation, so a
+// completion that names a buffer revoked since, an index never handed out, a chain member
+// or a sub-allocation the host holds in reserve is recognised and ignored.
 import { NETVSC_MIN_SECTION_SIZE } from './nvsp-protocol.js';
 import { RndisMessageSize } from './rndis-protocol.js';
 import { PPI_U32_RECORD_SIZE } from './per-packet-info.js';
