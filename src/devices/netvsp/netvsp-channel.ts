@@ -208,7 +208,6 @@ export class NetvspChannel implements ReceiveQueue {
   private pendingHead = -1;
   private pendingTail = -1;
   private pendingBytes = 0;
-  private pendingSegments = 0;
   private pendingFlushQueued = false;
   private readonly flushReceivesBound = (): void => {
     this.pendingFlushQueued = false;
@@ -924,8 +923,10 @@ export class NetvspChannel implements ReceiveQueue {
    * right before the data. The IP header must already describe the whole segment. The
    * sub-allocations become one packet's; on false (no ring room) they are freed.
    */
-  private sendCoalesced(indices: Int32Array, count: number, length: number, checksum: number, hash: number): boolean {
+  sendCoalesced(indices: Int32Array, count: number, length: number, checksum: number, hash: number): boolean {
     const rb = this.nic.receiveBuffer!;
+    // A segment's fragments are one packet of their own, after the frames gathered before it.
+    this.flushReceives();
     const buf = rb.bytes;
     const id = (this.coalescedId = (this.coalescedId + 1) & 0xffff);
     const head = indices[0]!;
@@ -961,16 +962,11 @@ export class NetvspChannel implements ReceiveQueue {
   }
 
   /**
-   * Sends a frame read in place: it lies from sub-allocation `index` on, at the first
-   * fragment's data offset, over the `count` contiguous sub-allocations it needs (the
-   * caller chained them to `index`); its PPIs go right before it. It is one RNDIS PACKET
-   * in one range, which Linux takes whatever its length (netvsc_receive checks only that
-   * a range lies in the buffer): a whole TCP segment (`segment`, for a guest with RSC on)
-   * costs one message instead of a fragment per sub-allocation. The range joins the
-   * packet being filled (see pendingRanges). False: the channel cannot send, and the
-   * sub-allocations are freed.
+   * Sends a frame read in place into sub-allocation `index`, at the first fragment's data
+   * offset; its PPIs go right before it. The range joins the packet being filled (see
+   * pendingRanges). False: the channel cannot send, and the sub-allocation is freed.
    */
-  deliverInPlace(index: number, count: number, length: number, checksum: number, hash: number, segment = false): boolean {
+  deliverInPlace(index: number, length: number, checksum: number, hash: number): boolean {
     const rb = this.nic.receiveBuffer!;
     if (this.writer === null) {
       rb.free(index);
@@ -995,10 +991,9 @@ export class NetvspChannel implements ReceiveQueue {
         queueMicrotask(this.flushReceivesBound);
       }
     } else rb.chain(this.pendingTail, index);
-    this.pendingTail = index + count - 1;
+    this.pendingTail = index;
     this.pendingRanges++;
     this.pendingBytes += length;
-    if (segment) this.pendingSegments++;
     return true;
   }
 
@@ -1008,8 +1003,7 @@ export class NetvspChannel implements ReceiveQueue {
     if (count === 0) return;
     const head = this.pendingHead;
     const bytes = this.pendingBytes;
-    const segments = this.pendingSegments;
-    this.pendingRanges = this.pendingBytes = this.pendingSegments = 0;
+    this.pendingRanges = this.pendingBytes = 0;
     this.pendingHead = this.pendingTail = -1;
     if (this.writer === null || !this.sendTransferPage(head, RndisChannelType.Data, count)) {
       this.nic.receiveBuffer?.free(head);
@@ -1018,7 +1012,6 @@ export class NetvspChannel implements ReceiveQueue {
     }
     this.stats.rxFrames += count;
     this.stats.rxBytes += bytes;
-    this.stats.rxCoalesced += segments;
   }
 
   /** The channel stops: frames read in place and not sent go back to the receive buffer. */
@@ -1026,7 +1019,7 @@ export class NetvspChannel implements ReceiveQueue {
     if (this.pendingRanges === 0) return;
     this.nic.receiveBuffer?.free(this.pendingHead);
     this.stats.rxDropped += this.pendingRanges;
-    this.pendingRanges = this.pendingBytes = this.pendingSegments = 0;
+    this.pendingRanges = this.pendingBytes = 0;
     this.pendingHead = this.pendingTail = -1;
   }
 

@@ -18,7 +18,7 @@ import { PAGE_SIZE } from '../../memory/page.js';
 import type { OpenChannel } from '../../vmbus/server/vmbus-device.js';
 import { NdisConfigCapability, NETVSC_SEND_SECTION_SIZE, NvspStatus, NvspVersion } from './nvsp-protocol.js';
 import { RxChecksum, rxChecksumGood } from './per-packet-info.js';
-import { coalescedFragmentCount, FIRST_FRAGMENT_DATA_OFFSET, MAX_COALESCED_FRAME, ReceiveBuffer, receiveSubAllocationSize } from './receive-buffer.js';
+import { coalescedFragmentCount, FIRST_FRAGMENT_DATA_OFFSET, fragmentDataOffset, MAX_COALESCED_FRAGMENTS, MAX_COALESCED_FRAME, ReceiveBuffer, receiveSubAllocationSize } from './receive-buffer.js';
 import { RndisControl, type RndisDeviceInfo } from './rndis-control.js';
 import { NO_HASH } from './toeplitz.js';
 
@@ -41,8 +41,10 @@ export interface ReceiveQueue {
   deliverFrame(frame: Uint8Array, length: number, offload: PacketOffload | null, parsed: ParsedPacket, hash: number): boolean;
   /** Sends a large TCP segment whole as RSC fragments; `checksum` is the receive checksum PPI value. False: no room. */
   deliverCoalesced(frame: Uint8Array, length: number, checksum: number, hash: number): boolean;
-  /** Sends a frame (or, `segment`, a whole TCP segment) read in place over `count` sub-allocations from `index` on, chained to it, as one range. False: the channel cannot send, and they are freed. */
-  deliverInPlace(index: number, count: number, length: number, checksum: number, hash: number, segment?: boolean): boolean;
+  /** Sends a segment read in place into sub-allocations indices[0, count), chained, as RSC fragments in one packet. False: no room, and they are freed. */
+  sendCoalesced(indices: Int32Array, count: number, length: number, checksum: number, hash: number): boolean;
+  /** Sends a frame read in place into sub-allocation `index` as one range of the packet being filled. False: the channel cannot send, and it is freed. */
+  deliverInPlace(index: number, length: number, checksum: number, hash: number): boolean;
   /** Sends what deliverInPlace gathered (the end of a backend's read batch). */
   flushReceives(): void;
   /** Queues an RNDIS control message (a response or indication) for the guest. */
@@ -102,18 +104,21 @@ export class NetvspNic implements RndisDeviceInfo {
   private paused = false;
   private readonly parsed = new ParsedPacket();
   /**
-   * The receive room for the next read in place: a run of contiguous sub-allocations,
-   * reserved, big enough for a whole segment after the first fragment's header room: one
-   * iovec. It stands between reads: a read that brings nothing (the EAGAIN that ends
-   * every batch) costs nothing, and a frame takes the sub-allocations it filled from the
-   * front of the run, which then grows at its end again (or moves when it cannot).
+   * The receive room for the next read in place: sub-allocations reserved in fragment
+   * order, and where their data goes (the fixed fragment data offsets: a segment lies
+   * there as the RSC fragments it is sent as). It stands between reads: a read that
+   * brings nothing (the EAGAIN that ends every batch) costs nothing, and a frame takes
+   * the sub-allocations it filled from the front and leaves the rest for the next.
    */
-  private readonly roomIov = new IovecList(1);
-  private roomStart = 0;
+  private readonly roomIov = new IovecList(MAX_COALESCED_FRAGMENTS);
+  private readonly roomIndices = new Int32Array(MAX_COALESCED_FRAGMENTS);
   private roomCount = 0;
-  /** roomIov describes the run as it is now. */
+  /** roomIov describes roomIndices[0, roomCount) as they are now. */
   private roomBuilt = false;
+  /** The sub-allocations of the frame just read, handed on from the room. */
+  private readonly frameIndices = new Int32Array(MAX_COALESCED_FRAGMENTS);
   private joined: Uint8Array | null = null;
+  private headerCopy: Uint8Array | null = null;
   private segmenter: TcpSegmenter | null = null;
   private segmentBuffer: Uint8Array | null = null;
 
@@ -422,21 +427,16 @@ export class NetvspNic implements RndisDeviceInfo {
     return this.receiveOpen && this.rndis.rscIpv4 && this.rndis.rscIpv6 && this.guestTakesRsc && this.receiveMapping !== null;
   }
 
+
   /** Sub-allocations the guest does not hold: free, or reserved for the next read in place. */
   get receiveBufferFree(): number {
     return this.receiveBuffer === null ? 0 : this.receiveBuffer.freeCount + this.roomCount;
   }
 
-  /** Sub-allocations of the room: a whole segment at the first fragment's data offset, contiguous. */
-  private roomSize(rb: ReceiveBuffer): number {
-    return Math.ceil((FIRST_FRAGMENT_DATA_OFFSET + MAX_COALESCED_FRAME) / rb.subAllocSize);
-  }
-
   /**
-   * Room for the next frame, whatever its size: the standing run, topped up at its end
-   * after a frame took its front, or a new run where the old one cannot grow. Null: read
-   * into the backend's buffer and copy (no run that long is free, or the guest does not
-   * coalesce).
+   * Room for the next frame, whatever its size: enough sub-allocations for a 64 KiB
+   * segment at the fragment data offsets. The same list while nothing was read into it;
+   * topped up (the unfilled ones moved to the front) after a frame took some.
    */
   private nextReceiveRoom(): IovecList | null {
     const rb = this.receiveBuffer;
@@ -445,63 +445,91 @@ export class NetvspNic implements RndisDeviceInfo {
       this.releaseReceiveRoom();
       return null;
     }
-    const need = this.roomSize(rb);
+    const need = coalescedFragmentCount(MAX_COALESCED_FRAME, rb.subAllocSize);
+    if (need > MAX_COALESCED_FRAGMENTS) return null;
     if (this.roomBuilt && this.roomCount === need) return this.roomIov;
-    if (this.roomCount === 0 || !rb.extendRun(this.roomStart + this.roomCount, need - this.roomCount)) {
-      this.releaseReceiveRoom();
-      const start = rb.reserveRun(need);
-      if (start < 0) return null;
-      this.roomStart = start;
-    }
-    this.roomCount = need;
+    if (rb.freeCount < need - this.roomCount) return null;
+    while (this.roomCount < need) this.roomIndices[this.roomCount++] = rb.reserve();
+    const base = Number(this.receiveMapping!.address);
     const iov = this.roomIov;
     iov.clear();
-    iov.push(Number(this.receiveMapping!.address) + rb.offsetOf(this.roomStart) + FIRST_FRAGMENT_DATA_OFFSET, need * rb.subAllocSize - FIRST_FRAGMENT_DATA_OFFSET);
+    for (let i = 0; i < need; i++) {
+      const dataAt = fragmentDataOffset(i);
+      iov.push(base + rb.offsetOf(this.roomIndices[i]!) + dataAt, rb.subAllocSize - dataAt);
+    }
     this.roomBuilt = true;
     return iov;
   }
 
-  /** Gives the room's reserved sub-allocations back (the guest stopped coalescing, or the run moves). */
+  /** Gives the room's reserved sub-allocations back (the guest stopped coalescing). */
   private releaseReceiveRoom(): void {
     const rb = this.receiveBuffer;
-    for (let i = 0; i < this.roomCount; i++) rb?.release(this.roomStart + i);
+    for (let i = 0; i < this.roomCount; i++) rb?.release(this.roomIndices[i]!);
     this.roomCount = 0;
     this.roomBuilt = false;
   }
 
+  /** The room's first `count` sub-allocations hold a frame: they move to frameIndices, the rest to the front of the room. */
+  private takeFromRoom(count: number): void {
+    const room = this.roomIndices;
+    for (let i = 0; i < count; i++) this.frameIndices[i] = room[i]!;
+    room.copyWithin(0, count, this.roomCount);
+    this.roomCount -= count;
+    this.roomBuilt = false;
+  }
+
   /**
-   * A frame the backend read into the room: it lies from the run's first sub-allocation
-   * on, which becomes the head of a packet with the others it filled chained to it. A
-   * frame, or a TCP segment for a coalescing guest, goes to the guest from there as one
-   * range; anything else (a GSO frame that is not a TCP segment) takes the copying way.
+   * A frame the backend read into the room. A frame that fits one sub-allocation goes
+   * from there as one range; a TCP segment for a coalescing guest as RSC fragments, one
+   * per sub-allocation (Linux refuses a range longer than the sub-allocation size it was
+   * told: "Packet too big"). Anything else (a GSO frame that is not a TCP segment) is
+   * joined and takes the copying way.
    */
   private receivedInPlace(length: number, offload: PacketOffload): void {
     const rb = this.receiveBuffer!;
-    const head = this.roomStart;
-    const count = Math.min(Math.ceil((FIRST_FRAGMENT_DATA_OFFSET + length) / rb.subAllocSize), this.roomCount);
-    this.roomStart += count;
-    this.roomCount -= count;
-    this.roomBuilt = false;
+    const count = Math.min(coalescedFragmentCount(length, rb.subAllocSize), this.roomCount);
+    this.takeFromRoom(count);
+    const indices = this.frameIndices;
+    const head = indices[0]!;
+    // From here the frame's sub-allocations are a packet's: sent, or freed below.
     rb.claim(head);
-    for (let i = 1; i < count; i++) rb.chain(head + i - 1, head + i);
+    for (let i = 1; i < count; i++) rb.chain(indices[i - 1]!, indices[i]!);
+    let handedOver = false;
     const buf = rb.bytes;
     const at = rb.offsetOf(head) + FIRST_FRAGMENT_DATA_OFFSET;
     try {
       const p = this.parsed;
-      const kind = parsePacket(buf, at, length, p);
-      if (offload.gso === 'none') {
+      const firstLength = Math.min(length, rb.subAllocSize - FIRST_FRAGMENT_DATA_OFFSET);
+      // The headers are in the first fragment; a segment's length runs past it (and may
+      // run past the buffer's end), so its headers are parsed from a copy of that fragment.
+      let kind: PacketKind;
+      if (count === 1) kind = parsePacket(buf, at, length, p);
+      else {
+        const headers = (this.headerCopy ??= new Uint8Array(MAX_COALESCED_FRAME));
+        headers.set(buf.subarray(at, at + firstLength), 0);
+        kind = parsePacket(headers, 0, length, p);
+      }
+      if (offload.gso === 'none' && count === 1) {
         let good = offload.checksumValid;
         if (offload.needsChecksum) good = fillPartialChecksum(buf, at, length, offload.checksumStart, offload.checksumOffset);
         const checksum = good ? rxChecksumGood(p) : 0;
         const target = this.pickQueue(buf, at, p);
-        if (!target.deliverInPlace(head, count, length, checksum, this.hash)) this.counters.rxNoBuffer++;
-      } else if (this.coalesces(offload) && kind === PacketKind.Tcp && this.describeWholeSegment(buf, at, length, offload, p)) {
+        handedOver = true;
+        if (!target.deliverInPlace(head, length, checksum, this.hash)) this.counters.rxNoBuffer++;
+      } else if (offload.gso !== 'none' && this.coalesces(offload) && kind === PacketKind.Tcp && this.describeWholeSegment(buf, at, length, offload, p)) {
         const target = this.pickQueue(buf, at, p);
-        if (!target.deliverInPlace(head, count, length, (p.ipVersion === 4 ? RxChecksum.IpSucceeded : 0) | RxChecksum.TcpSucceeded, this.hash, true)) this.counters.rxNoBuffer++;
+        handedOver = true;
+        if (!target.sendCoalesced(indices, count, length, (p.ipVersion === 4 ? RxChecksum.IpSucceeded : 0) | RxChecksum.TcpSucceeded, this.hash)) this.counters.rxNoBuffer++;
       } else {
-        // Segmented (and copied) instead: the in-place copy is only read, then given back.
         const joined = (this.joined ??= new Uint8Array(MAX_COALESCED_FRAME));
-        joined.set(buf.subarray(at, at + length), 0);
+        for (let i = 0, done = 0; i < count; i++) {
+          const dataAt = fragmentDataOffset(i);
+          const n = Math.min(rb.subAllocSize - dataAt, length - done);
+          const from = rb.offsetOf(indices[i]!) + dataAt;
+          joined.set(buf.subarray(from, from + n), done);
+          done += n;
+        }
+        handedOver = true;
         rb.free(head);
         this.counters.rxJoined++;
         this.onFrame(joined, length, offload);
@@ -509,6 +537,8 @@ export class NetvspNic implements RndisDeviceInfo {
       }
     } catch (e) {
       this.log(`netvsp: receive failed: ${(e as Error).stack ?? e}`);
+      // A frame that never reached a queue gives its sub-allocations back.
+      if (!handedOver) rb.free(head);
     }
     if (!this.canAcceptMore()) this.pause();
   }

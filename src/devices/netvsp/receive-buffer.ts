@@ -9,16 +9,15 @@
 // to MTU 1614; MTU 9000 gives 9112), so a copied frame takes one. Larger pieces:
 //   - a segment copied for a guest with RSC goes as fragments of one sub-allocation each
 //     (PKTINFO_ID), all in one packet;
-//   - a frame or segment read in place lies over a run of contiguous sub-allocations and
-//     goes as one range (Linux checks only that a range lies in the buffer);
+//   - a segment read in place lies at the same fragment offsets in sub-allocations the
+//     host held in reserve for the read, and goes as the same fragments (Linux refuses a
+//     range longer than the announced sub-allocation size);
 //   - frames read in one batch share a packet, a range each.
 // The sub-allocations of a packet are chained so that the guest's one completion frees
 // them all.
 //
 // The allocator is next-fit over a state array made once per buffer: it hands out
-// sub-allocations in buffer order from a cursor, so what the guest completes (in order,
-// mostly) leaves long free stretches ahead of it, and a run of contiguous ones is usually
-// right there. Allocating and freeing touch no heap. The transaction id of a packet
+// sub-allocations in buffer order from a cursor. Allocating and freeing touch no heap. The transaction id of a packet
 // encodes the buffer generation and the index of its first sub-allocation, so a
 // completion that names a buffer revoked since, an index never handed out, a chain member
 // or a sub-allocation the host holds in reserve is recognised and ignored.
@@ -146,42 +145,6 @@ export class ReceiveBuffer {
     const index = this.allocate();
     if (index >= 0) this.inUse[index] = RESERVED;
     return index;
-  }
-
-  /**
-   * Reserves `n` contiguous free sub-allocations (the first run at or after the cursor,
-   * else from the start); returns the first index, or -1 when there is no such run.
-   */
-  reserveRun(n: number): number {
-    if (!Number.isInteger(n) || n < 1 || n > this.freeTotal) return -1;
-    const count = this.count;
-    const inUse = this.inUse;
-    // Two passes: from the cursor to the end, then from the start up to the cursor (a run
-    // never wraps: it must be contiguous in the buffer).
-    for (let pass = 0; pass < 2; pass++) {
-      const from = pass === 0 ? this.cursor : 0;
-      const to = pass === 0 ? count : Math.min(count, this.cursor + n - 1);
-      let run = 0;
-      for (let i = from; i < to; i++) {
-        run = inUse[i] === FREE ? run + 1 : 0;
-        if (run === n) {
-          const start = i - n + 1;
-          for (let k = start; k <= i; k++) this.take(k, RESERVED);
-          this.cursor = i + 1 === count ? 0 : i + 1;
-          return start;
-        }
-      }
-    }
-    return -1;
-  }
-
-  /** Reserves the `n` sub-allocations from `index` on if they are all free and in the buffer; false otherwise (nothing changes). */
-  extendRun(index: number, n: number): boolean {
-    if (!Number.isInteger(index) || !Number.isInteger(n) || index < 0 || n < 0 || index + n > this.count) return false;
-    for (let k = index; k < index + n; k++) if (this.inUse[k] !== FREE) return false;
-    for (let k = index; k < index + n; k++) this.take(k, RESERVED);
-    if (n > 0) this.cursor = index + n === this.count ? 0 : index + n;
-    return true;
   }
 
   /** A reserved sub-allocation becomes the head of a packet (it is being sent). */

@@ -488,8 +488,9 @@ export class NetvscDatapath {
     const tp = this.tpHeader;
     const nvsp = this.nvspDecoder.decode(payload, 'to-guest');
     const rx = this.session.receive;
-    // What netvsc_receive checks: a range lies in the buffer. It may run over several
-    // sub-allocations (a host that read a whole segment in place sends it as one range).
+    // What netvsc_receive checks: a range lies in the buffer, and is no longer than the
+    // sub-allocation size the host announced (Linux copies each range into a buffer of
+    // that size and drops a longer one: "Packet too big").
     const limit = rx.bytes.length;
     if (decodeTransferPageHeader(header, 0, header.length, tp) !== DecodeError.None || tp.pageSetId !== NETVSC_RECEIVE_BUFFER_ID || isNvspError(nvsp) || nvsp.kind !== 'rndis-packet') {
       this.stats.rxBadRanges++;
@@ -498,7 +499,7 @@ export class NetvscDatapath {
       const bytes = rx.bytes;
       for (let i = 0; i < tp.count; i++) {
         const r = tp.ranges[i]!;
-        if (r.byteCount > limit || r.byteOffset > limit - r.byteCount) {
+        if (r.byteCount > limit || r.byteOffset > limit - r.byteCount || r.byteCount > rx.subAllocSize) {
           this.stats.rxBadRanges++;
           this.dropCoalesced();
           status = NvspStatus.Fail;
@@ -539,8 +540,8 @@ export class NetvscDatapath {
     const g = this.segment;
     g.count = 0;
     if (m.dataLength > HAND_OVER_IN_PLACE_BYTES && this.o.onSegment) {
-      // A long frame (a whole segment in one range) is handed over where it lies, as a
-      // one-piece segment, rather than copied: Linux builds the same skb either way.
+      // A long frame (a jumbo frame) is handed over where it lies, as a one-piece
+      // segment, rather than copied: Linux builds the same skb either way.
       g.count = 1;
       g.offsets[0] = m.dataOffset;
       g.lengths[0] = m.dataLength;
