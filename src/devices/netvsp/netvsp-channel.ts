@@ -211,7 +211,12 @@ export class NetvspChannel implements ReceiveQueue {
   private pendingFlushQueued = false;
   private readonly flushReceivesBound = (): void => {
     this.pendingFlushQueued = false;
-    this.flushReceives();
+    try {
+      this.flushReceives();
+    } catch (e) {
+      // From a microtask nothing would catch it: fail the channel instead of the process.
+      this.failOn(e);
+    }
   };
   /** The id of the last coalesced segment (PKTINFO_ID pkt_id), per channel. */
   private coalescedId = 0;
@@ -840,7 +845,10 @@ export class NetvspChannel implements ReceiveQueue {
 
   hasReceiveRoom(): boolean {
     if (this.writer === null) return false;
-    return this.roomFor(this.nic.coalescing ? COALESCED_RING_BYTES : RECEIVE_RING_BYTES);
+    // The next frame may also have to flush the packet being filled (it is full, or a
+    // segment must go after it): room for that packet too.
+    const pending = this.pendingRanges > 0 ? COALESCED_RING_BYTES : 0;
+    return this.roomFor((this.nic.coalescing ? COALESCED_RING_BYTES : RECEIVE_RING_BYTES) + pending);
   }
 
   deliverFrame(frame: Uint8Array, length: number, offload: PacketOffload | null, parsed: ParsedPacket, hash: number): boolean {
@@ -1014,8 +1022,8 @@ export class NetvspChannel implements ReceiveQueue {
     this.stats.rxBytes += bytes;
   }
 
-  /** The channel stops: frames read in place and not sent go back to the receive buffer. */
-  private dropPendingReceives(): void {
+  /** The channel stops, or the receive buffer goes: frames read in place and not sent go back to the receive buffer. */
+  dropPendingReceives(): void {
     if (this.pendingRanges === 0) return;
     this.nic.receiveBuffer?.free(this.pendingHead);
     this.stats.rxDropped += this.pendingRanges;

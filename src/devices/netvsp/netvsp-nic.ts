@@ -47,6 +47,8 @@ export interface ReceiveQueue {
   deliverInPlace(index: number, length: number, checksum: number, hash: number): boolean;
   /** Sends what deliverInPlace gathered (the end of a backend's read batch). */
   flushReceives(): void;
+  /** Forgets what deliverInPlace gathered, giving it back to the receive buffer (which is going away). */
+  dropPendingReceives(): void;
   /** Queues an RNDIS control message (a response or indication) for the guest. */
   queueControl(message: Uint8Array, length: number): void;
 }
@@ -213,7 +215,8 @@ export class NetvspNic implements RndisDeviceInfo {
   }
 
   revokeReceiveBuffer(): void {
-    // The room's sub-allocations go with the buffer.
+    // Frames gathered for the guest and the room's sub-allocations go with the buffer.
+    for (const q of this.queues) q?.dropPendingReceives();
     this.roomCount = 0;
     this.roomBuilt = false;
     this.receiveBuffer = null;

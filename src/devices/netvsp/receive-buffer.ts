@@ -163,6 +163,8 @@ export class ReceiveBuffer {
 
   /** Makes `next` part of the packet `previous` belongs to: freeing the packet frees it too. */
   chain(previous: number, next: number): void {
+    // Only sub-allocations the host holds are chained; a free one never joins a packet.
+    if (this.inUse[next] === FREE || this.inUse[previous] === FREE) return;
     this.nextInPacket[previous] = next;
     this.inUse[next] = MEMBER;
   }
