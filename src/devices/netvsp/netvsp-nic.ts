@@ -494,9 +494,9 @@ export class NetvspNic implements RndisDeviceInfo {
     this.takeFromRoom(count);
     const indices = this.frameIndices;
     const head = indices[0]!;
-    // From here the frame's sub-allocations are a packet's: sent, or freed below.
+    // From here the frame's first sub-allocation heads a packet: sent (sendCoalesced chains
+    // the rest to it), or given back below.
     rb.claim(head);
-    for (let i = 1; i < count; i++) rb.chain(indices[i - 1]!, indices[i]!);
     let handedOver = false;
     const buf = rb.bytes;
     const at = rb.offsetOf(head) + FIRST_FRAGMENT_DATA_OFFSET;
@@ -533,7 +533,7 @@ export class NetvspNic implements RndisDeviceInfo {
           done += n;
         }
         handedOver = true;
-        rb.free(head);
+        this.giveBack(indices, count);
         this.counters.rxJoined++;
         this.onFrame(joined, length, offload);
         return;
@@ -541,9 +541,16 @@ export class NetvspNic implements RndisDeviceInfo {
     } catch (e) {
       this.log(`netvsp: receive failed: ${(e as Error).stack ?? e}`);
       // A frame that never reached a queue gives its sub-allocations back.
-      if (!handedOver) rb.free(head);
+      if (!handedOver) this.giveBack(indices, count);
     }
     if (!this.canAcceptMore()) this.pause();
+  }
+
+  /** Returns a frame's sub-allocations that no packet took: the claimed head, the rest still reserved. */
+  private giveBack(indices: Int32Array, count: number): void {
+    const rb = this.receiveBuffer!;
+    rb.free(indices[0]!);
+    for (let i = 1; i < count; i++) rb.release(indices[i]!);
   }
 
   /** Sub-allocations are free for the largest frame the backend may hand over, and every open channel has ring room for it. */
