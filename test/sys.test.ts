@@ -2,6 +2,8 @@
 // the Poller's handler lifecycle, memfd mappings, and errno surfacing as typed SysErrors.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import os from 'node:os';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
@@ -10,7 +12,8 @@ import { Errno, SysError } from '../src/sys/errors.js';
 import { EventFd } from '../src/sys/eventfd.js';
 import { closeFd } from '../src/sys/fd.js';
 import { raw } from '../src/sys/libc.js';
-import { mapShared, mapSharedAt, memfdCreate, munmap, reserveAddressSpace, viewOf } from '../src/sys/memfd.js';
+import { mapAnonymousOwned, mapShared, mapSharedAt, memfdCreate, munmap, reserveAddressSpace, viewOf } from '../src/sys/memfd.js';
+import { IovecList } from '../src/sys/iovec.js';
 
 /** An fd number no test ever opens. */
 const NEVER_OPEN_FD = 987_654;
@@ -559,5 +562,35 @@ describe('memfd mappings', () => {
     } finally {
       closeFd(fd);
     }
+  });
+
+  test('owned native memory is unmapped once its owner is collected (a hot-removed device gives its pages back)', async () => {
+    v8.setFlagsFromString('--expose-gc');
+    const gc = vm.runInNewContext('gc') as () => void;
+    /** Whether any mapping of this process covers address. */
+    const mapped = (address: bigint) =>
+      fs.readFileSync('/proc/self/maps', 'utf8').split('\n').some((line) => {
+        const m = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+        return m !== null && BigInt(`0x${m[1]}`) <= address && address < BigInt(`0x${m[2]}`);
+      });
+    let kept: IovecList | null = new IovecList(4);
+    const made = (): bigint[] => {
+      // Owners that nothing references once this returns.
+      const list = new IovecList(65536);
+      list.push(Number(list.address), 16);
+      const owner = {};
+      return [list.address, mapAnonymousOwned(owner, 1 << 20)];
+    };
+    const dropped = made();
+    for (const address of dropped) assert.ok(mapped(address), 'mapped while its owner lives');
+    for (let i = 0; i < 100 && dropped.some(mapped); i++) {
+      gc();
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    for (const address of dropped) assert.ok(!mapped(address), `0x${address.toString(16)} unmapped after its owner was collected`);
+    assert.ok(mapped(kept.address), 'a list still referenced keeps its memory');
+    kept.push(1, 2);
+    assert.equal(kept.lengthAt(0), 2);
+    kept = null;
   });
 });

@@ -3,7 +3,7 @@
 // Allocated once with a fixed capacity and refilled per request, so the data path
 // allocates nothing; addresses are plain numbers (user-space addresses fit in 2^53).
 import { viewOf } from './libc.js';
-import { mapAnonymous } from './memfd.js';
+import { mapAnonymousOwned } from './memfd.js';
 
 const IOVEC_BYTES = 16;
 const TWO_32 = 2 ** 32;
@@ -24,7 +24,9 @@ export class IovecList {
     if (!Number.isInteger(capacity) || capacity < 1 || capacity > 65536) throw new RangeError(`iovec capacity ${capacity} out of range`);
     this.capacity = capacity;
     const bytes = Math.ceil((capacity * IOVEC_BYTES) / 4096) * 4096;
-    this.address = mapAnonymous(bytes);
+    // Unmapped when the list is collected: the kernel reads an iovec array only inside
+    // the call that takes it (io_uring copies it in at submission).
+    this.address = mapAnonymousOwned(this, bytes);
     this.words = new Uint32Array(viewOf(this.address, bytes));
   }
 

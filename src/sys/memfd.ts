@@ -51,3 +51,22 @@ export { viewOf };
 export function mapAnonymous(length: number): bigint {
   return mmap(0n, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 }
+
+/** Unmaps the memory of owners that were garbage collected (see mapAnonymousOwned). */
+const unmapWhenCollected = new FinalizationRegistry<{ address: bigint; length: number }>(({ address, length }) => {
+  // A failed munmap leaves the pages mapped: a leak, not a fault, and nothing to tell.
+  raw.munmap(address, length);
+});
+
+/**
+ * mapAnonymous for a native buffer that lives exactly as long as `owner`: unmapped once
+ * owner has been garbage collected, so objects made and dropped while a VM runs (a
+ * hot-removed NIC's channels, a disk's request slots) give their pages back. Only for
+ * memory whose address and views never leave owner, and that the kernel uses only
+ * during a call owner makes (an iovec array is copied in at submission).
+ */
+export function mapAnonymousOwned(owner: object, length: number): bigint {
+  const address = mapAnonymous(length);
+  unmapWhenCollected.register(owner, { address, length });
+  return address;
+}

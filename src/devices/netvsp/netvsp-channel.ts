@@ -30,7 +30,7 @@ import { PAGE_SIZE } from '../../memory/page.js';
 import type { Poller } from '../../sys/epoll.js';
 import { IovecList } from '../../sys/iovec.js';
 import { viewOf } from '../../sys/libc.js';
-import { mapAnonymous } from '../../sys/memfd.js';
+import { mapAnonymousOwned } from '../../sys/memfd.js';
 import {
   decodeGpaDirectHeader,
   DecodeError,
@@ -188,7 +188,7 @@ export class NetvspChannel implements ReceiveQueue {
   private readonly gpaRanges = new GpaDirectRanges();
   private readonly headerScratch = new Uint8Array(MAX_PACKET_BYTES);
   /** Native memory, so an in-place frame's copied head can lead its iovec list. */
-  private readonly txAddress = mapAnonymous(MAX_RNDIS_BYTES);
+  private readonly txAddress = mapAnonymousOwned(this, MAX_RNDIS_BYTES);
   private readonly txBytes = new Uint8Array(viewOf(this.txAddress, MAX_RNDIS_BYTES));
   /** An in-place packet's RNDIS stream in guest RAM, and the frame handed to the backend. */
   private readonly txStream = new IovecList(TX_IN_PLACE_SEGMENTS);
