@@ -414,6 +414,22 @@ describe('receive buffer allocator', () => {
     assert.equal(jumbo % 8, 0);
   });
 
+  test('sub-allocation size for a guest that takes RSC: 16 KiB while the buffer holds 128 of them, never below a whole frame', () => {
+    const MiB = 1 << 20;
+    assert.equal(receiveSubAllocationSize(1500, 10485 * 1728, true), 16384, "Linux's default buffer");
+    assert.equal(receiveSubAllocationSize(1500, 2 * MiB, true), 16384, 'exactly 128 of them');
+    assert.equal(receiveSubAllocationSize(1500, 2 * MiB - 1, true), 16376);
+    assert.equal(receiveSubAllocationSize(1500, MiB, true), 8192);
+    assert.equal(receiveSubAllocationSize(1500, 100_000, true), 1728, 'a small buffer keeps Hyper-V\'s size');
+    assert.equal(receiveSubAllocationSize(1500, 2 * MiB, false), 1728, 'no RSC: one frame per sub-allocation');
+    assert.equal(receiveSubAllocationSize(9000, 512 * 1024, true), receiveSubAllocationSize(9000), 'a jumbo frame still fits one');
+    assert.equal(receiveSubAllocationSize(65521, 64 * MiB, true), receiveSubAllocationSize(65521));
+    fc.assert(fc.property(fc.integer({ min: 68, max: 65521 }), fc.integer({ min: 0, max: 1 << 30 }), fc.boolean(), (mtu, bytes, rsc) => {
+      const size = receiveSubAllocationSize(mtu, bytes, rsc);
+      return size % 8 === 0 && size >= receiveSubAllocationSize(mtu) && (size === receiveSubAllocationSize(mtu) || (size <= 16384 && size * 128 <= bytes));
+    }));
+  });
+
   // RSC chains the sub-allocations of one packet so that one guest completion frees them
   // all. A mistake here hands a section to two packets at once (the guest reads one
   // frame's bytes overwritten by another's) or lets a forged completion naming the middle
@@ -1270,7 +1286,8 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
   // segment it accepts (65535-byte IP packet behind a VLAN tag = 65553 bytes).
   test('with RSS the first fragment carries the hash; a 65553-byte tagged segment takes coalescedFragmentCount(65553, 1728) = 40 fragments', async () => {
     const rig = makeRig();
-    await bringUp(rig);
+    // A buffer too small for 128 larger sections keeps Hyper-V's 1728: the most fragments.
+    await bringUp(rig, 48);
     const on = new Uint8Array(40 + 64 + 40);
     encodeRssParameters(on, 0, 0, LINUX_RSS_HASH_INFO, new Array(16).fill(0), [...MICROSOFT_RSS_KEY]);
     assert.equal(await set(rig, Oid.GEN_RECEIVE_SCALE_PARAMETERS, on), NdisStatus.Success);
@@ -1294,6 +1311,30 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     assert.ok(fragments[0]!.info.hasHash, 'the first fragment carries the hash');
     assert.equal(fragments[0]!.info.hash, hash);
     completeReceive(rig.guest, p.transactionId);
+  });
+
+  // A guest that announced RSC in its NDIS config gets 16 KiB sub-allocations when its
+  // buffer holds 128 of them (Linux takes any size from its minimum MTU up), so the
+  // largest segment is 5 fragments instead of 40; one that did not keeps 1728.
+  test('a 2 MiB buffer of a guest that takes RSC is cut into 16 KiB sub-allocations: the largest segment takes 5 fragments', async () => {
+    const rig = makeRig();
+    await bringUp(rig, 512);
+    assert.equal(rig.subAllocSize, 16384);
+    assert.equal(await setRsc(rig, 2, 0), NdisStatus.Success);
+    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    const frame = gsoFrame({ payload: 65535 - 40, vlan: true });
+    injectGso(rig, frame, false, 18);
+    const p = await rig.guest.next('the coalesced segment');
+    const fragments = readFragments(rig, p);
+    assertFragmentIds(fragments);
+    assert.equal(fragments.length, coalescedFragmentCount(MAX_COALESCED_FRAME, 16384));
+    assert.equal(fragments.length, 5);
+    assert.ok(Buffer.from(join(fragments)).equals(Buffer.from(wholeSegment(frame, false, 18))));
+    completeReceive(rig.guest, p.transactionId);
+
+    const plain = makeRig();
+    await bringUp(plain, 512, 0x08 | 0x04 | 0x20);
+    assert.equal(plain.subAllocSize, 1728, 'no RSC in the NDIS config: one frame per sub-allocation');
   });
 
   // Any segment length must come out as the fragments its layout needs, each with at

@@ -203,7 +203,8 @@ export class NetvspNic implements RndisDeviceInfo {
       return NvspStatus.Fail;
     }
     try {
-      this.receiveBuffer = new ReceiveBuffer(mapped.bytes, receiveSubAllocationSize(this.mtu));
+      // The guest's NDIS config (with its RSC capability) came before the buffer, as in Linux.
+      this.receiveBuffer = new ReceiveBuffer(mapped.bytes, receiveSubAllocationSize(this.mtu, mapped.bytes.length, this.guestTakesRsc));
     } catch (e) {
       mapped.mapping.release();
       this.log(`netvsp: receive buffer refused: ${(e as Error).message}`);
