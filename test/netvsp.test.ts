@@ -1337,6 +1337,56 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     assert.equal(plain.subAllocSize, 1728, 'no RSC in the NDIS config: one frame per sub-allocation');
   });
 
+  // The host parses a segment's headers from a copy of the first fragment's head; headers
+  // longer than that copy must be parsed again from the whole fragment, not from stale
+  // bytes of the last segment's copy.
+  test('a segment whose headers run past the copied head (a 600-byte IPv6 extension header) is parsed whole and coalesced', async () => {
+    const rig = makeRig();
+    await bringUp(rig, 512);
+    // With RSS the first fragment carries the hash of the ports the host parsed.
+    const on = new Uint8Array(40 + 64 + 40);
+    encodeRssParameters(on, 0, 0, LINUX_RSS_HASH_INFO, new Array(16).fill(0), [...MICROSOFT_RSS_KEY]);
+    assert.equal(await set(rig, Oid.GEN_RECEIVE_SCALE_PARAMETERS, on), NdisStatus.Success);
+    assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
+    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    const take = async (frame: Uint8Array, l4: number) => {
+      rig.backend.inject([frame], (o) => o.setChecksum(l4, 16).setGso('tcpv6', 1448, l4 + 20));
+      const p = await rig.guest.next('the coalesced segment');
+      const fragments = readFragments(rig, p);
+      assertFragmentIds(fragments);
+      completeReceive(rig.guest, p.transactionId);
+      return fragments;
+    };
+    // First a plain segment, so the copy holds another frame's bytes.
+    const plain = gsoFrame({ v6: true, payload: 40000, sport: 1111 });
+    assert.equal((await take(plain, 54)).length, coalescedFragmentCount(plain.length, 16384));
+    const base = gsoFrame({ v6: true, payload: 40000, sport: 2222 });
+    const ext = new Uint8Array(600);
+    ext[0] = 6; // TCP follows
+    ext[1] = 600 / 8 - 1;
+    for (let at = 2, i = 0; i < 3; i++) {
+      const n = [255, 255, 82][i]!; // PadN options fill it
+      ext[at] = 1;
+      ext[at + 1] = n;
+      at += 2 + n;
+    }
+    const frame = new Uint8Array(base.length + ext.length);
+    frame.set(base.subarray(0, 54), 0);
+    frame[14 + 6] = 60; // destination options
+    frame.set(ext, 54);
+    frame.set(base.subarray(54), 54 + ext.length);
+    const fragments = await take(frame, 54 + ext.length);
+    assert.equal(fragments.length, coalescedFragmentCount(frame.length, 16384));
+    const want = wholeSegment(frame, true, 14);
+    assert.ok(Buffer.from(join(fragments)).equals(Buffer.from(want)), 'the segment arrives whole');
+    // Parsed from stale bytes, its TCP header looked malformed and the frame was copied.
+    assert.equal(rig.device.stats().nic.rxJoined, 0, 'sent from where it was read');
+    const parsed = new ParsedPacket();
+    parsePacket(want, 0, want.length, parsed);
+    assert.equal(parsed.srcPort, 2222);
+    assert.equal(fragments[0]!.info.hash, new ToeplitzHash().hashPacket(want, 0, parsed, LINUX_RSS_HASH_INFO) >>> 0, 'hashed on this frame\'s ports');
+  });
+
   // Any segment length must come out as the fragments its layout needs, each with at
   // least one byte (a count that disagreed with the layout once left an empty last
   // fragment).

@@ -26,6 +26,8 @@ import { NO_HASH } from './toeplitz.js';
 export const MAX_GUEST_BUFFER_BYTES = 128 * 1024 * 1024;
 /** The section size this host announces for the send buffer (Hyper-V's and OpenVMM's). */
 export const SEND_SECTION_SIZE = NETVSC_SEND_SECTION_SIZE;
+/** Bytes of a segment's first fragment copied to parse its headers (Ethernet, VLAN, IP with options, TCP with options fit easily). */
+const SEGMENT_HEADER_COPY_BYTES = 512;
 
 /** What the NIC needs from a channel to put received traffic on it. */
 export interface ReceiveQueue {
@@ -505,13 +507,22 @@ export class NetvspNic implements RndisDeviceInfo {
       const p = this.parsed;
       const firstLength = Math.min(length, rb.subAllocSize - FIRST_FRAGMENT_DATA_OFFSET);
       // The headers are in the first fragment; a segment's length runs past it (and may
-      // run past the buffer's end), so its headers are parsed from a copy of that fragment.
+      // run past the buffer's end), so its headers are parsed from a copy of the
+      // fragment's head. Every offset the parser reads is below the payload offset it
+      // finds, so a parse that ends inside the copy read only copied bytes; anything else
+      // (a long IPv6 extension chain, a malformed frame) is parsed again from a copy of
+      // the whole fragment.
       let kind: PacketKind;
       if (count === 1) kind = parsePacket(buf, at, length, p);
       else {
         const headers = (this.headerCopy ??= new Uint8Array(MAX_COALESCED_FRAME));
-        headers.set(buf.subarray(at, at + firstLength), 0);
+        const copied = Math.min(firstLength, SEGMENT_HEADER_COPY_BYTES);
+        headers.set(buf.subarray(at, at + copied), 0);
         kind = parsePacket(headers, 0, length, p);
+        if (copied < firstLength && (kind === PacketKind.Malformed || p.payloadOffset > copied)) {
+          headers.set(buf.subarray(at + copied, at + firstLength), copied);
+          kind = parsePacket(headers, 0, length, p);
+        }
       }
       if (offload.gso === 'none' && count === 1) {
         let good = offload.checksumValid;
