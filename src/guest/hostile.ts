@@ -142,11 +142,17 @@ export class HostileGuest {
     return ((await reply) as Extract<ChannelMessage, { kind: 'open-result' }>).status;
   }
 
-  /** Writes an impossible write_index into the channel's guest-to-host ring and signals the host. */
+  /**
+   * Writes an impossible write_index into the channel's guest-to-host ring and signals the
+   * host. The guest's own side of the ring stops first: its writer keeps the index it last
+   * published and would store that back with its next packet (a heartbeat reply, say),
+   * erasing the corruption before the host reads it.
+   */
   private corruptRing(relid: number, index: number): boolean {
     const channel = this.client.channels.get(relid);
     const ring = channel?.ring;
     if (!channel || !ring) return false;
+    ring.shutdown();
     Atomics.store(ring.writer.mem.header, RingWord.WriteIndex, index | 0);
     this.client.signalHost(channel);
     return true;
