@@ -68,7 +68,7 @@ export class FuseDevice {
 
   /** Writes one reply gathered from the iovecs in use; returns bytes written or -errno. */
   writev(iov: IovecList): number {
-    const n = sys.writev(this.fd, Number(iov.address), iov.count) as number;
+    const n = sys.writev(this.fd, iov.addressNumber, iov.count) as number;
     return n === -1 ? -errno() : n;
   }
 

@@ -228,7 +228,7 @@ export class IoUring {
   prepReadv(fd: number, iov: IovecList, fileOffset: number, userData: number): boolean {
     const w = this.nextSqe();
     if (w < 0) return false;
-    const address = Number(iov.address);
+    const address = iov.addressNumber;
     this.fill(w, IORING_OP_READV, fd, fileOffset, address % TWO_32, Math.floor(address / TWO_32), iov.count, 0, userData);
     return true;
   }
@@ -237,7 +237,7 @@ export class IoUring {
   prepWritev(fd: number, iov: IovecList, fileOffset: number, userData: number, rwFlags = 0): boolean {
     const w = this.nextSqe();
     if (w < 0) return false;
-    const address = Number(iov.address);
+    const address = iov.addressNumber;
     this.fill(w, IORING_OP_WRITEV, fd, fileOffset, address % TWO_32, Math.floor(address / TWO_32), iov.count, rwFlags, userData);
     return true;
   }

@@ -11,6 +11,8 @@ const TWO_32 = 2 ** 32;
 export class IovecList {
   /** Address of iovec[0], to hand to the kernel. */
   readonly address: bigint;
+  /** The same address as a number: what the data path passes, with no BigInt conversion per call. */
+  readonly addressNumber: number;
   readonly capacity: number;
   /** Entries in use. */
   count = 0;
@@ -27,6 +29,7 @@ export class IovecList {
     // Unmapped when the list is collected: the kernel reads an iovec array only inside
     // the call that takes it (io_uring copies it in at submission).
     this.address = mapAnonymousOwned(this, bytes);
+    this.addressNumber = Number(this.address);
     this.words = new Uint32Array(viewOf(this.address, bytes));
   }
 

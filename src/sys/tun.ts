@@ -163,7 +163,7 @@ export class TapDevice {
 
   /** One frame scattered over the iovecs in use: its length or -errno. */
   readv(iov: IovecList): number {
-    const n = sys.readv(this.fd, Number(iov.address), iov.count) as number;
+    const n = sys.readv(this.fd, iov.addressNumber, iov.count) as number;
     return n === -1 ? -errno() : n;
   }
 
@@ -175,7 +175,7 @@ export class TapDevice {
 
   /** One frame gathered from the iovecs in use (the first holding the vnet header): bytes written or -errno. */
   writev(iov: IovecList): number {
-    const n = sys.writev(this.fd, Number(iov.address), iov.count) as number;
+    const n = sys.writev(this.fd, iov.addressNumber, iov.count) as number;
     return n === -1 ? -errno() : n;
   }
 

@@ -336,7 +336,7 @@ export class UnixDatagramSocket {
   sendIovecs(iov: IovecList): number {
     const w = this.msgWords;
     w.fill(0);
-    const a = Number(iov.address);
+    const a = iov.addressNumber;
     w[4] = a % TWO_32;
     w[5] = Math.floor(a / TWO_32);
     w[6] = iov.count;
