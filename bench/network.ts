@@ -28,6 +28,7 @@ import { netnsUnavailableReason } from '../src/sys/netns.js';
 import { startEnlightenPath } from './net-enlighten-path.js';
 import { BenchNamespaces, type EnlightenPathStarter, type NetnsEnd, startRelayPath, startVethPath, type StopPath } from './net-namespaces.js';
 import type { TapRelay } from './net-relay.js';
+import { lowerMedian } from './median.js';
 
 export type PathName = 'veth' | 'relay' | 'enlighten';
 
@@ -223,10 +224,8 @@ async function measureOnce(ns: BenchNamespaces, result: PathResult, metric: (typ
 /** Sets each test's result to the median of its rounds (the lower middle one for an even count). */
 function takeMedians(result: PathResult): void {
   for (const metric of METRICS) {
-    const rounds = result.rounds?.[metric.key];
-    if (!rounds || rounds.length === 0) continue;
-    const sorted = [...rounds].sort((a, b) => measureOf(a) - measureOf(b));
-    (result as unknown as Record<MetricKey, TcpResult | UdpResult>)[metric.key] = sorted[Math.floor((sorted.length - 1) / 2)]!;
+    const median = lowerMedian(result.rounds?.[metric.key] ?? [], measureOf);
+    if (median !== undefined) (result as unknown as Record<MetricKey, TcpResult | UdpResult>)[metric.key] = median;
   }
 }
 

@@ -22,6 +22,7 @@ import { ProcessVm } from '../src/vm/process-vm.js';
 import { VmStorage } from '../src/vm/vm-storage.js';
 import { createStandardDevices } from '../src/vm/standard-devices.js';
 import type { GuestReport } from '../src/guest/reference-guest.js';
+import { lowerMedian } from './median.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
@@ -70,11 +71,9 @@ async function fio(file: string, job: Job): Promise<Rate> {
   return { iops: side.iops, mbps: side.bw_bytes / 1e6 };
 }
 
-/** The median rate (by IOPS, the same order as by bytes for one job), the lower middle one for an even count; null for none. */
+/** The median rate (by IOPS, the same order as by bytes for one job); null for none. */
 function median(rates: Rate[]): Rate | null {
-  if (rates.length === 0) return null;
-  const sorted = [...rates].sort((a, b) => a.iops - b.iops);
-  return sorted[Math.floor((sorted.length - 1) / 2)]!;
+  return lowerMedian(rates, (r) => r.iops) ?? null;
 }
 
 async function main(): Promise<void> {

@@ -1013,6 +1013,13 @@ async function coalescingRig(): Promise<Rig> {
   return rig;
 }
 
+/** RSS on as Linux sets it (its hash types, Microsoft's key, every table entry queue 0): received segments carry a hash PPI. */
+async function enableRss(rig: Rig): Promise<void> {
+  const on = new Uint8Array(40 + 64 + 40);
+  encodeRssParameters(on, 0, 0, LINUX_RSS_HASH_INFO, new Array(16).fill(0), [...MICROSOFT_RSS_KEY]);
+  assert.equal(await set(rig, Oid.GEN_RECEIVE_SCALE_PARAMETERS, on), NdisStatus.Success);
+}
+
 async function setRsc(rig: Rig, v4: number, v6: number): Promise<number> {
   const b = new Uint8Array(28);
   encodeNdisOffloadParameters(b, 0, {
@@ -1288,9 +1295,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     const rig = makeRig();
     // A buffer too small for 128 larger sections keeps Hyper-V's 1728: the most fragments.
     await bringUp(rig, 48);
-    const on = new Uint8Array(40 + 64 + 40);
-    encodeRssParameters(on, 0, 0, LINUX_RSS_HASH_INFO, new Array(16).fill(0), [...MICROSOFT_RSS_KEY]);
-    assert.equal(await set(rig, Oid.GEN_RECEIVE_SCALE_PARAMETERS, on), NdisStatus.Success);
+    await enableRss(rig);
     assert.equal(await setRsc(rig, 2, 0), NdisStatus.Success);
     await waitFor(() => rig.guest.consumed, 'the host to read the completions');
     assert.equal(rig.subAllocSize, 1728);
@@ -1344,9 +1349,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     const rig = makeRig();
     await bringUp(rig, 512);
     // With RSS the first fragment carries the hash of the ports the host parsed.
-    const on = new Uint8Array(40 + 64 + 40);
-    encodeRssParameters(on, 0, 0, LINUX_RSS_HASH_INFO, new Array(16).fill(0), [...MICROSOFT_RSS_KEY]);
-    assert.equal(await set(rig, Oid.GEN_RECEIVE_SCALE_PARAMETERS, on), NdisStatus.Success);
+    await enableRss(rig);
     assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
     await waitFor(() => rig.guest.consumed, 'the host to read the completions');
     const take = async (frame: Uint8Array, l4: number) => {

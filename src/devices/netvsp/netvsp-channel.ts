@@ -1013,8 +1013,7 @@ export class NetvspChannel implements ReceiveQueue {
     if (count === 0) return;
     const head = this.pendingHead;
     const bytes = this.pendingBytes;
-    this.pendingRanges = this.pendingBytes = 0;
-    this.pendingHead = this.pendingTail = -1;
+    this.forgetPending();
     if (this.writer === null || !this.sendTransferPage(head, RndisChannelType.Data, count)) {
       this.nic.receiveBuffer?.free(head);
       this.stats.rxDropped += count;
@@ -1029,6 +1028,11 @@ export class NetvspChannel implements ReceiveQueue {
     if (this.pendingRanges === 0) return;
     this.nic.receiveBuffer?.free(this.pendingHead);
     this.stats.rxDropped += this.pendingRanges;
+    this.forgetPending();
+  }
+
+  /** No packet is being filled any more (it was sent or dropped). */
+  private forgetPending(): void {
     this.pendingRanges = this.pendingBytes = 0;
     this.pendingHead = this.pendingTail = -1;
   }

@@ -433,7 +433,6 @@ export class NetvspNic implements RndisDeviceInfo {
     return this.receiveOpen && this.rndis.rscIpv4 && this.rndis.rscIpv6 && this.guestTakesRsc && this.receiveMapping !== null;
   }
 
-
   /** Sub-allocations the guest does not hold: free, or reserved for the next read in place. */
   get receiveBufferFree(): number {
     return this.receiveBuffer === null ? 0 : this.receiveBuffer.freeCount + this.roomCount;

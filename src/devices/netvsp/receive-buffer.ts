@@ -18,10 +18,11 @@
 // them all.
 //
 // The allocator is next-fit over a state array made once per buffer: it hands out
-// sub-allocations in buffer order from a cursor. Allocating and freeing touch no heap. The transaction id of a packet
-// encodes the buffer generation and the index of its first sub-allocation, so a
-// completion that names a buffer revoked since, an index never handed out, a chain member
-// or a sub-allocation the host holds in reserve is recognised and ignored.
+// sub-allocations in buffer order from a cursor. Allocating and freeing touch no heap.
+// The transaction id of a packet encodes the buffer generation and the index of its first
+// sub-allocation, so a completion that names a buffer revoked since, an index never handed
+// out, a chain member or a sub-allocation the host holds in reserve is recognised and
+// ignored.
 import { NETVSC_MIN_SECTION_SIZE } from './nvsp-protocol.js';
 import { RndisMessageSize } from './rndis-protocol.js';
 import { PPI_U32_RECORD_SIZE } from './per-packet-info.js';
