@@ -1,7 +1,7 @@
 // Network throughput and packet rate through each way of joining a "guest" namespace G to
 // a "host" namespace H, in one run, with the same iperf3 commands for every path:
 //
-//   node dist/bench/network.js [--seconds 4] [--rounds 3] [--out results.json]     (root; iperf3, ping)
+//   node dist/bench/network.js [--seconds 4] [--rounds 5] [--out results.json]     (root; iperf3, ping)
 //
 //   veth       a veth pair G <-> H: the kernel's limit.
 //   relay      TAP in G -> TapRelay in this process -> TAP in H (no VMBus): our own floor.
@@ -16,7 +16,8 @@
 // measured one after the other: each has its own pair of namespaces, all three stay up,
 // and every test runs on each path in turn, round after round (--rounds, the path order
 // rotating), so the paths see the same machine. A path's figure is the median of its
-// rounds; the per-round enlighten/relay ratios are reported as a range.
+// rounds; a ratio is the median of the rounds' own ratios (two paths measured seconds
+// apart, so the drift mostly cancels), with the enlighten/relay range reported too.
 // The namespaces (and every link and process in them) are removed at the end, on errors
 // and on SIGINT/SIGTERM.
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -69,7 +70,7 @@ export interface NetworkBenchResult {
   cores: number;
   kernel: string;
   paths: PathResult[];
-  /** metric -> ratio name -> value (of the medians); only where both paths ran. */
+  /** metric -> ratio name -> the median of the rounds' ratios; only where both paths ran. */
   ratios: Record<string, Record<string, number>>;
   /** metric -> enlighten/relay of each round (both measured in it). */
   roundRatios: Record<string, number[]>;
@@ -77,7 +78,7 @@ export interface NetworkBenchResult {
 
 export interface NetworkBenchOptions {
   seconds?: number;
-  /** Rounds of every test on every path (default 3). */
+  /** Rounds of every test on every path (default 5). */
   rounds?: number;
   /** Write the result as JSON here. */
   out?: string;
@@ -233,26 +234,21 @@ function measureOf(r: TcpResult | UdpResult): number {
   return 'bitsPerSecond' in r ? r.bitsPerSecond : r.packetsPerSecond;
 }
 
-function value(result: PathResult, key: MetricKey): number | undefined {
-  const m = result[key];
-  return m ? measureOf(m) : undefined;
+/** top/bottom of each round in which both paths ran the test. */
+function roundRatiosOf(paths: PathResult[], top: PathName, bottom: PathName, key: MetricKey): number[] {
+  const t = paths.find((p) => p.path === top)?.rounds?.[key] ?? [];
+  const b = paths.find((p) => p.path === bottom)?.rounds?.[key] ?? [];
+  return t.slice(0, b.length).map((r, i) => measureOf(r) / measureOf(b[i]!)).filter((x) => Number.isFinite(x));
 }
 
 /** enlighten/relay of each round in which both ran the test. */
 function computeRoundRatios(paths: PathResult[]): NetworkBenchResult['roundRatios'] {
-  const top = paths.find((p) => p.path === 'enlighten')?.rounds;
-  const bottom = paths.find((p) => p.path === 'relay')?.rounds;
   const out: NetworkBenchResult['roundRatios'] = {};
-  for (const metric of METRICS) {
-    const t = top?.[metric.key] ?? [];
-    const b = bottom?.[metric.key] ?? [];
-    out[metric.key] = t.slice(0, b.length).map((r, i) => measureOf(r) / measureOf(b[i]!));
-  }
+  for (const metric of METRICS) out[metric.key] = roundRatiosOf(paths, 'enlighten', 'relay', metric.key);
   return out;
 }
 
 function computeRatios(paths: PathResult[]): NetworkBenchResult['ratios'] {
-  const byName = new Map(paths.map((p) => [p.path, p]));
   const pairs: Array<[string, PathName, PathName]> = [
     ['relay/veth', 'relay', 'veth'],
     ['enlighten/relay', 'enlighten', 'relay'],
@@ -262,9 +258,8 @@ function computeRatios(paths: PathResult[]): NetworkBenchResult['ratios'] {
   for (const metric of METRICS) {
     const row: Record<string, number> = {};
     for (const [name, top, bottom] of pairs) {
-      const t = byName.get(top) && value(byName.get(top)!, metric.key);
-      const b = byName.get(bottom) && value(byName.get(bottom)!, metric.key);
-      if (t !== undefined && b !== undefined && b > 0) row[name] = t / b;
+      const median = lowerMedian(roundRatiosOf(paths, top, bottom, metric.key), (x) => x);
+      if (median !== undefined) row[name] = median;
     }
     ratios[metric.key] = row;
   }
@@ -281,7 +276,7 @@ function formatCell(result: PathResult, metric: (typeof METRICS)[number]): strin
 
 export function formatTable(r: NetworkBenchResult): string {
   const lines: string[] = [];
-  lines.push(`network benchmark, ${r.date}, ${r.rounds} rounds of ${r.seconds} s per test with the paths interleaved (medians), one stream, ${r.cores} cores, Linux ${r.kernel}`);
+  lines.push(`network benchmark, ${r.date}, ${r.rounds} rounds of ${r.seconds} s per test with the paths interleaved (rates: medians; ratios: medians of the rounds' ratios), one stream, ${r.cores} cores, Linux ${r.kernel}`);
   const names = r.paths.map((p) => p.path);
   lines.push(`| test | ${names.join(' | ')} | relay/veth | enlighten/relay | enlighten/veth |`);
   lines.push(`| --- |${names.map(() => ' ---: |').join('')} ---: | ---: | ---: |`);
@@ -322,7 +317,7 @@ interface LivePath {
  */
 export async function runNetworkBench(options: NetworkBenchOptions = {}): Promise<NetworkBenchResult> {
   const seconds = options.seconds ?? 4;
-  const rounds = options.rounds ?? 3;
+  const rounds = options.rounds ?? 5;
   const log = options.log ?? ((line: string) => console.error(line));
   const unavailable = netnsUnavailableReason();
   if (unavailable) throw new Error(`cannot run the network benchmark: ${unavailable}`);
@@ -426,7 +421,7 @@ export async function runNetworkBench(options: NetworkBenchOptions = {}): Promis
 
 function parseArgs(argv: string[]): { seconds: number; rounds: number; out?: string } {
   let seconds = Number(process.env.BENCH_SECONDS ?? 4);
-  let rounds = Number(process.env.BENCH_ROUNDS ?? 3);
+  let rounds = Number(process.env.BENCH_ROUNDS ?? 5);
   let out: string | undefined;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;

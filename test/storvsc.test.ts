@@ -368,6 +368,19 @@ describe('storvsc against StorVSP', () => {
     }
     await assert.rejects(t.vm.request({ op: 'disk-bench', lun: 0, pattern: 'randread', blockBytes: 100, queueDepth: 4, seconds: 0.1 }), /multiple/);
   });
+
+  test('disk-bench leaves its ramp out of the measurement, as fio ramp_time does', async () => {
+    const t = await startVm({ disks: [[0, new MemoryDisk({ sizeBytes: 4 << 20 })]] });
+    await t.waitFor((r) => r.event === 'disk' && r.lun === 0);
+    const started = performance.now();
+    const r = (await t.vm.request({ op: 'disk-bench', lun: 0, pattern: 'randread', blockBytes: 4096, queueDepth: 4, seconds: 0.2, rampSeconds: 0.4, span: 1 << 20 })) as { ops: number; bytes: number; errors: number; seconds: number };
+    const wallSeconds = (performance.now() - started) / 1000;
+    assert.equal(r.errors, 0);
+    assert.ok(r.ops > 10);
+    assert.ok(wallSeconds >= 0.6, `the ramp and the measured part both ran (${wallSeconds} s)`);
+    assert.ok(r.seconds >= 0.2 && r.seconds <= wallSeconds - 0.4, `only the part after the ramp is measured (${r.seconds} of ${wallSeconds} s)`);
+    await assert.rejects(t.vm.request({ op: 'disk-bench', lun: 0, pattern: 'randread', blockBytes: 4096, queueDepth: 4, seconds: 0.1, rampSeconds: -1 }), /rampSeconds/);
+  });
 });
 
 async function until(condition: () => Promise<boolean>, timeoutMs = 5000): Promise<void> {

@@ -2,6 +2,8 @@
 // requests kept in flight against one GuestBlockDevice for a fixed time, with buffers
 // and request objects allocated once up front (guest pages from the allocator), so the
 // measurement is the storage path itself: no postMessage, Promise or allocation per I/O.
+// Like fio's ramp_time, an optional ramp runs the load unmeasured first, so the figure is
+// the steady state rather than the JIT warming up on the first thousands of requests.
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import { PAGE_SIZE } from '../../memory/page.js';
 import type { PageAllocator } from '../page-allocator.js';
@@ -14,6 +16,8 @@ export interface DiskBenchOptions {
   blockBytes: number;
   queueDepth: number;
   seconds: number;
+  /** Seconds of load before the measured `seconds` start (fio's ramp_time); default 0. */
+  rampSeconds?: number;
   /** Bytes of the disk the offsets range over (default: all of it). */
   span?: number;
 }
@@ -42,7 +46,8 @@ class BenchRun {
   errors = 0;
   inflight = 0;
   private stopAt = 0;
-  private started = 0;
+  /** When the measured part begins: completions before it are the ramp. */
+  private measureFrom = 0;
   private nextSequential = 0;
   private readonly random: boolean;
   private readonly op: BlockOp;
@@ -58,8 +63,8 @@ class BenchRun {
   start(requests: BenchRequest[]): Promise<DiskBenchResult> {
     return new Promise((resolve) => {
       this.finish = resolve;
-      this.started = performance.now();
-      this.stopAt = this.started + this.o.seconds * 1000;
+      this.measureFrom = performance.now() + (this.o.rampSeconds ?? 0) * 1000;
+      this.stopAt = this.measureFrom + this.o.seconds * 1000;
       for (const r of requests) this.issue(r);
     });
   }
@@ -81,15 +86,16 @@ class BenchRun {
 
   onDone(r: BenchRequest, result: number): void {
     this.inflight--;
-    if (result === 0) this.ops++;
-    else this.errors++;
+    const now = performance.now();
+    if (result !== 0) this.errors++;
+    else if (now >= this.measureFrom) this.ops++;
     // A device that fails everything would spin: stop at the first error burst.
-    if (performance.now() < this.stopAt && this.errors < 1000 && this.device.present) {
+    if (now < this.stopAt && this.errors < 1000 && this.device.present) {
       this.issue(r);
       return;
     }
     if (this.inflight === 0 && this.finish) {
-      const seconds = (performance.now() - this.started) / 1000;
+      const seconds = Math.max(0, performance.now() - this.measureFrom) / 1000;
       const finish = this.finish;
       this.finish = null;
       finish({ ops: this.ops, bytes: this.ops * this.o.blockBytes, seconds, errors: this.errors });
@@ -99,6 +105,8 @@ class BenchRun {
 
 export async function runDiskBench(device: GuestBlockDevice, memory: GuestMemory, allocator: PageAllocator, o: DiskBenchOptions): Promise<DiskBenchResult> {
   const { blockBytes, queueDepth, seconds } = o;
+  const ramp = o.rampSeconds ?? 0;
+  if (!(ramp >= 0 && ramp <= 60)) throw new Error('rampSeconds must be in [0, 60]');
   if (!['randread', 'randwrite', 'read', 'write'].includes(o.pattern)) throw new Error(`unknown pattern '${o.pattern}'`);
   if (!Number.isInteger(blockBytes) || blockBytes <= 0 || blockBytes % device.blockBytes !== 0) throw new Error(`blockBytes must be a multiple of the disk's ${device.blockBytes}-byte blocks`);
   if (!Number.isInteger(queueDepth) || queueDepth < 1 || queueDepth > 1024) throw new Error('queueDepth must be 1..1024');

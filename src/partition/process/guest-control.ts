@@ -23,7 +23,7 @@ export type GuestRequest =
   | { op: 'disk-flush'; lun: number }
   | { op: 'disk-discard'; lun: number; offset: number; length: number }
   | { op: 'disk-sense'; lun: number }
-  | { op: 'disk-bench'; lun: number; pattern: BenchPattern; blockBytes: number; queueDepth: number; seconds: number; span?: number }
+  | { op: 'disk-bench'; lun: number; pattern: BenchPattern; blockBytes: number; queueDepth: number; seconds: number; rampSeconds?: number; span?: number }
   /** Like writing /sys/block/sdX/device/timeout: the per-command timeout of every adapter from now on. */
   | { op: 'disk-timeout'; ioTimeoutMs: number }
   /** Adapter state: protocol version, limits, channels, counters. */

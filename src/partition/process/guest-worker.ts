@@ -140,8 +140,8 @@ async function handle(request: GuestRequest): Promise<unknown> {
       return { key: s.key, asc: s.asc, ascq: s.ascq };
     }
     case 'disk-bench': {
-      const { pattern, blockBytes, queueDepth, seconds, span } = request;
-      return runDiskBench(disk(request.lun), guest.hv.memory, guest.allocator, { pattern, blockBytes, queueDepth, seconds, span });
+      const { pattern, blockBytes, queueDepth, seconds, rampSeconds, span } = request;
+      return runDiskBench(disk(request.lun), guest.hv.memory, guest.allocator, { pattern, blockBytes, queueDepth, seconds, rampSeconds, span });
     }
     case 'disk-timeout': return storvsc().setIoTimeout(request.ioTimeoutMs);
     case 'storvsc-state': return storvsc().controllers().map((c) => ({
