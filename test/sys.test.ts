@@ -7,7 +7,7 @@ import vm from 'node:vm';
 import os from 'node:os';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import { Epoll, EPOLLIN, IN_THREAD_WAIT_MS, Poller } from '../src/sys/epoll.js';
+import { Epoll, EPOLLIN, IN_THREAD_WAIT_MS, Poller, ReadyTokens } from '../src/sys/epoll.js';
 import { Errno, SysError } from '../src/sys/errors.js';
 import { EventFd } from '../src/sys/eventfd.js';
 import { closeFd } from '../src/sys/fd.js';
@@ -214,6 +214,32 @@ describe('Epoll', () => {
     }
   });
 
+  test('waitInto writes the ready tokens in place and counts them, up to its capacity', () => {
+    const ep = new Epoll();
+    const fds = [EventFd.create(), EventFd.create(), EventFd.create()];
+    try {
+      fds.forEach((e, i) => ep.add(e.fd, 2 ** 40 + i, EPOLLIN));
+      const ready = new ReadyTokens(2);
+      const storage = ready.tokens;
+      assert.equal(ep.waitInto(0, ready), 0);
+      assert.equal(ready.count, 0);
+      for (const e of fds) e.signal();
+      // Three ready, room for two: the third waits for the next call (level-triggered).
+      assert.equal(ep.waitInto(1000, ready), 2);
+      assert.equal(ready.tokens, storage, 'the same storage, refilled');
+      const seen = new Set(ready.toArray());
+      fds[0]!.drain();
+      fds[1]!.drain();
+      fds[2]!.drain();
+      assert.equal(ep.waitInto(0, ready), 0);
+      for (const token of seen) assert.ok(token >= 2 ** 40 && token < 2 ** 40 + 3, 'tokens above 2^32 survive');
+      assert.equal(seen.size, 2);
+    } finally {
+      for (const e of fds) e.close();
+      ep.close();
+    }
+  });
+
   test('wait returns the tokens of ready fds, level-triggered, into the given array', () => {
     const ep = new Epoll();
     const fds = [EventFd.create(), EventFd.create(), EventFd.create()];
@@ -291,7 +317,7 @@ describe('Epoll', () => {
       ep.add(e.fd, 77);
       let timerFired = false;
       const result = new Promise<number[]>((resolve, reject) => {
-        ep.waitAsync(2000, (error, tokens) => (error ? reject(error) : resolve(tokens)));
+        ep.waitAsync(2000, (error, ready) => (error ? reject(error) : resolve(ready.toArray())));
       });
       setTimeout(() => {
         timerFired = true;
@@ -301,7 +327,7 @@ describe('Epoll', () => {
       assert.ok(timerFired, 'the event loop ran while waiting');
       const timedOut = await new Promise<number[]>((resolve, reject) => {
         e.drain();
-        ep.waitAsync(10, (error, tokens) => (error ? reject(error) : resolve(tokens)));
+        ep.waitAsync(10, (error, ready) => (error ? reject(error) : resolve(ready.toArray())));
       });
       assert.deepEqual(timedOut, []);
     } finally {

@@ -11,17 +11,38 @@ const EPOLL_CTL_DEL = 2;
 export const EPOLLIN = 0x001;
 const EVENT_SIZE = 12; // struct epoll_event is packed on x86-64: u32 events, u64 data
 
+/**
+ * The tokens of the fds one wait found ready: `count` entries of `tokens`, written in
+ * place by each wait, so a wake-up allocates nothing (emptying and refilling an array
+ * would give it a new backing store every time).
+ */
+export class ReadyTokens {
+  count = 0;
+  readonly tokens: Float64Array;
+
+  constructor(capacity: number) {
+    this.tokens = new Float64Array(capacity);
+  }
+
+  toArray(): number[] {
+    return Array.from(this.tokens.subarray(0, this.count));
+  }
+}
+
 export class Epoll {
   readonly fd: number;
   private readonly ctlEvent = Buffer.alloc(EVENT_SIZE);
   private readonly events: Buffer;
   private closed = false;
   /** What waitAsync hands its callback, reused so a wake-up allocates nothing. */
-  private readonly asyncTokens: number[] = [];
+  private readonly asyncReady: ReadyTokens;
+  private readonly scratch: ReadyTokens;
 
   constructor(readonly maxEvents = 64) {
     this.fd = check('epoll_create1', raw.epoll_create1(EPOLL_CLOEXEC) as number);
     this.events = Buffer.alloc(EVENT_SIZE * maxEvents);
+    this.asyncReady = new ReadyTokens(maxEvents);
+    this.scratch = new ReadyTokens(maxEvents);
   }
 
   /** Watches fd for readability; `token` comes back from wait(). */
@@ -36,16 +57,26 @@ export class Epoll {
     check('epoll_ctl(DEL)', raw.epoll_ctl(this.fd, EPOLL_CTL_DEL, fd, null) as number);
   }
 
-  /** Blocks up to timeoutMs (-1: forever); returns the tokens of ready fds. */
+  /** Blocks up to timeoutMs (-1: forever); returns the tokens of ready fds (an array: for callers off the data path). */
   wait(timeoutMs: number, out: number[] = []): number[] {
-    const n = raw.epoll_wait(this.fd, this.events, this.maxEvents, timeoutMs) as number;
+    const ready = this.scratch;
+    this.waitInto(timeoutMs, ready);
     out.length = 0;
+    for (let i = 0; i < ready.count; i++) out.push(ready.tokens[i]!);
+    return out;
+  }
+
+  /** Blocks up to timeoutMs (-1: forever); the ready fds' tokens go into `into`. Returns their count. */
+  waitInto(timeoutMs: number, into: ReadyTokens): number {
+    const n = raw.epoll_wait(this.fd, this.events, Math.min(this.maxEvents, into.tokens.length), timeoutMs) as number;
     if (n === -1) {
-      if (errno() === Errno.EINTR) return out;
+      into.count = 0;
+      if (errno() === Errno.EINTR) return 0;
       throw new SysError('epoll_wait', errno());
     }
-    for (let i = 0; i < n; i++) out.push(this.tokenAt(i));
-    return out;
+    for (let i = 0; i < n; i++) into.tokens[i] = this.tokenAt(i);
+    into.count = n;
+    return n;
   }
 
   /** The token of ready event i, read as two words: a BigInt per event would be an allocation per wake-up. */
@@ -56,16 +87,17 @@ export class Epoll {
 
   /**
    * Waits on the libuv thread pool; the calling thread's event loop keeps running. The
-   * tokens array is this Epoll's own, reused by the next waitAsync: read it in `done`.
+   * ReadyTokens are this Epoll's own, reused by the next waitAsync: read them in `done`.
    */
-  waitAsync(timeoutMs: number, done: (error: Error | null, tokens: number[]) => void): void {
+  waitAsync(timeoutMs: number, done: (error: Error | null, ready: ReadyTokens) => void): void {
     raw.epoll_wait.async(this.fd, this.events, this.maxEvents, timeoutMs, (err: unknown, n: number) => {
-      const tokens = this.asyncTokens;
-      tokens.length = 0;
-      if (err) return done(err as Error, tokens);
+      const ready = this.asyncReady;
+      ready.count = 0;
+      if (err) return done(err as Error, ready);
       // n === -1: errno of a pool thread is not ours to read; EINTR is the only expected failure.
-      for (let i = 0; i < n; i++) tokens.push(this.tokenAt(i));
-      done(null, tokens);
+      for (let i = 0; i < n; i++) ready.tokens[i] = this.tokenAt(i);
+      ready.count = Math.max(0, n);
+      done(null, ready);
     });
   }
 
@@ -119,7 +151,7 @@ export class Poller {
   private waiting = false;
   private stopped = false;
   private onIdle: (() => void) | null = null;
-  private readonly ready: number[] = [];
+  private readonly ready = new ReadyTokens(64);
   /** Wake-ups through the thread pool or in the thread, and rounds that found fds ready without one. */
   readonly stats = { poolWakeups: 0, threadWakeups: 0, eagerRounds: 0 };
   /** ms per wait in this thread (see PollerOptions), or -1: wait on the pool. */
@@ -191,14 +223,14 @@ export class Poller {
     // idle VM costs almost nothing; the first event brings the short wait back.
     const ms = this.busyTurn ? 0 : this.idleTurns >= IDLE_TURNS ? Math.max(this.inThreadMs, IDLE_WAIT_MS) : this.inThreadMs;
     try {
-      this.epoll.wait(ms, this.ready);
+      this.epoll.waitInto(ms, this.ready);
     } catch (e) {
       this.onError(e);
-      this.ready.length = 0;
+      this.ready.count = 0;
     }
-    this.busyTurn = this.ready.length > 0;
+    this.busyTurn = this.ready.count > 0;
     this.idleTurns = this.busyTurn ? 0 : this.idleTurns + 1;
-    if (this.ready.length > 0) {
+    if (this.ready.count > 0) {
       this.stats.threadWakeups++;
       this.dispatchEagerly(this.ready);
     }
@@ -226,17 +258,19 @@ export class Poller {
    * without another wait (through the pool: three thread wake-ups); a few rounds at
    * most, so timers and the rest of the event loop still get their turn.
    */
-  private dispatchEagerly(tokens: readonly number[]): void {
+  private dispatchEagerly(tokens: ReadyTokens): void {
     this.dispatch(tokens);
     for (let round = 0; round < EAGER_ROUNDS && !this.stopped; round++) {
-      if (this.epoll.wait(0, this.ready).length === 0) break;
+      if (this.epoll.waitInto(0, this.ready) === 0) break;
       this.stats.eagerRounds++;
       this.dispatch(this.ready);
     }
   }
 
-  private dispatch(tokens: readonly number[]): void {
-    for (const token of tokens) {
+  private dispatch(ready: ReadyTokens): void {
+    const count = ready.count;
+    for (let i = 0; i < count; i++) {
+      const token = ready.tokens[i]!;
       if (token === 0) {
         this.wake.drain();
         continue;

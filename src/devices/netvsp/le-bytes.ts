@@ -20,3 +20,11 @@ export function wr32(b: Uint8Array, o: number, v: number): void {
   b[o + 2] = (v >>> 16) & 0xff;
   b[o + 3] = (v >>> 24) & 0xff;
 }
+
+/**
+ * Zeroes b[from, to): for the few dozen bytes of a per-packet header a loop is cheaper
+ * than TypedArray fill, which leaves the optimised code for a C++ builtin on every call.
+ */
+export function zeroBytes(b: Uint8Array, from: number, to: number): void {
+  for (let i = from; i < to; i++) b[i] = 0;
+}

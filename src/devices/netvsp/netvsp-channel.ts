@@ -82,6 +82,7 @@ import {
   writePacketIdPpi,
   writeU32Ppi,
 } from './per-packet-info.js';
+import { zeroBytes } from './le-bytes.js';
 import { coalescedFragmentCount, FIRST_FRAGMENT_DATA_OFFSET, fragmentDataOffset, MAX_COALESCED_FRAGMENTS } from './receive-buffer.js';
 import { RNDIS_CONTROL_RESPONSE_MAX } from './rndis-control.js';
 import { encodeRndisPacketHeader, encodeRndisPacketHeaderAt, RndisDecoder, RndisError, RndisMessageSize, type RndisPacket } from './rndis-protocol.js';
@@ -579,10 +580,12 @@ export class NetvspChannel implements ReceiveQueue {
     if (total < TX_IN_PLACE_MIN_BYTES || total > MAX_RNDIS_BYTES) return IN_PLACE_DECLINED;
     const head = Math.min(total, TX_HEAD_BYTES);
     const ram = memory.bytes;
+    const out = this.txBytes;
+    // At most TX_HEAD_BYTES: a loop, not a subarray view per packet for TypedArray.set.
     for (let i = 0, done = 0; i < stream.count && done < head; i++) {
       const gpa = stream.addressAt(i) - base;
       const n = Math.min(stream.lengthAt(i), head - done);
-      this.txBytes.set(ram.subarray(gpa, gpa + n), done);
+      for (let k = 0; k < n; k++) out[done + k] = ram[gpa + k]!;
       done += n;
     }
     const msg = this.rndis.decode(this.txBytes, 0, total, 'to-host');
@@ -811,7 +814,7 @@ export class NetvspChannel implements ReceiveQueue {
   /** A completion for a request with no answer of its own: its type and a status. */
   private completeGeneric(packet: PacketView, status: number): void {
     const r = this.reply;
-    r.fill(0);
+    zeroBytes(r, 0, r.length);
     const type = this.message[0]! | (this.message[1]! << 8) | (this.message[2]! << 16) | (this.message[3]! << 24);
     writeU32(r, 0, type >>> 0);
     writeU32(r, 4, status);

@@ -9,7 +9,7 @@
 // from 6.1 (40 always works too). Decoders read only inside the payload they are given,
 // return a typed NvspError for anything malformed and never throw. Shared by NetVSP (host)
 // and the reference netvsc (guest), hence both directions.
-import { rd16, rd32, wr16, wr32 } from './le-bytes.js';
+import { rd16, rd32, wr16, wr32, zeroBytes } from './le-bytes.js';
 
 export const NETVSC_CLASS_ID = 'f8615163-df3e-46c5-913f-f2d2f965ed0e';
 
@@ -504,7 +504,7 @@ export function encodeNvspMessage(m: NvspMessage, target: Uint8Array, offset = 0
   }
   const t = target;
   const o = offset;
-  t.fill(0, o, o + length);
+  zeroBytes(t, o, o + length);
   wr32(t, o, typeOf(m));
   switch (m.kind) {
     case 'init':
@@ -594,7 +594,7 @@ export function encodeRndisPacketMessage(
   target: Uint8Array, offset: number, channelType: number, sectionIndex: number, sectionSize: number, size: number = NVSP_MESSAGE_SIZE,
 ): number {
   if (size < 16 || offset < 0 || offset + size > target.length) throw new RangeError(`NVSP rndis-packet: ${size} bytes at ${offset} do not fit in ${target.length}`);
-  target.fill(0, offset, offset + size);
+  zeroBytes(target, offset, offset + size);
   wr32(target, offset, NvspMessageType.SendRndisPacket);
   wr32(target, offset + 4, channelType);
   wr32(target, offset + 8, sectionIndex);
@@ -608,7 +608,7 @@ export function encodeRndisPacketMessage(
  */
 export function encodeRndisPacketCompleteMessage(target: Uint8Array, offset: number, status: number, size: number = NVSP_MESSAGE_SIZE): number {
   if (size < 8 || offset < 0 || offset + size > target.length) throw new RangeError(`NVSP rndis-packet-complete: ${size} bytes at ${offset} do not fit in ${target.length}`);
-  target.fill(0, offset, offset + size);
+  zeroBytes(target, offset, offset + size);
   wr32(target, offset, NvspMessageType.SendRndisPacketComplete);
   wr32(target, offset + 4, status);
   return size;

@@ -8,7 +8,7 @@
 // (information buffers, packet data, PPIs, status buffers) count from byte 8, the start
 // of the body, not from the start of the message. Decoders report ranges as absolute
 // offsets into the bytes they were given, each checked to lie inside the message.
-import { rd32, wr32 } from './le-bytes.js';
+import { rd32, wr32, zeroBytes } from './le-bytes.js';
 
 export const RNDIS_HEADER_SIZE = 8;
 /** Offsets in bodies are relative to this byte of the message. */
@@ -615,7 +615,7 @@ export function encodeRndisPacketHeaderAt(target: Uint8Array, offset: number, pp
     throw new RangeError(`RNDIS packet header at ${offset} does not fit in ${target.length}`);
   }
   u32('msg_len', n);
-  target.fill(0, offset, offset + fixed);
+  zeroBytes(target, offset, offset + fixed);
   wr32(target, offset, RndisMessageType.Packet);
   wr32(target, offset + 4, n);
   wr32(target, offset + 8, dataOffset - RNDIS_BODY_OFFSET);
