@@ -72,7 +72,7 @@ export interface NetworkBenchResult {
   paths: PathResult[];
   /** metric -> ratio name -> the median of the rounds' ratios; only where both paths ran. */
   ratios: Record<string, Record<string, number>>;
-  /** metric -> enlighten/relay of each round (both measured in it). */
+  /** metric -> enlighten/relay of the rounds in which both measured a non-zero rate, in round order. */
   roundRatios: Record<string, number[]>;
 }
 

@@ -103,7 +103,7 @@ function pairedRatio(job: Job, way: readonly (Rate | null)[], direct: readonly (
   const ratios: number[] = [];
   way.forEach((w, round) => {
     const d = direct[round];
-    if (w && d) ratios.push(measure(w) / measure(d));
+    if (w && d && measure(d) > 0) ratios.push(measure(w) / measure(d));
   });
   const mid = lowerMedian(ratios, (x) => x);
   return mid === undefined ? null : { median: mid, low: Math.min(...ratios), high: Math.max(...ratios) };
@@ -134,7 +134,7 @@ async function main(): Promise<void> {
     const vm = new ProcessVm({
       memoryBytes: 256 * MiB,
       cpus: 2,
-      replyTimeoutMs: (SECONDS + 60) * 1000,
+      replyTimeoutMs: (SECONDS + RAMP_SECONDS + 60) * 1000,
       guestExposeDisks: mnt,
       // One VM in this process, as under `enlighten run`.
       pollInThread: true,
@@ -163,6 +163,7 @@ async function main(): Promise<void> {
           ['block', async () => {
             const r = (await vm.request({ op: 'disk-bench', lun: 0, pattern: job.pattern, blockBytes: job.blockBytes, queueDepth: job.queueDepth, seconds: SECONDS, rampSeconds: RAMP_SECONDS })) as { ops: number; bytes: number; seconds: number; errors: number };
             if (r.errors) throw new Error(`${job.name}: ${r.errors} I/O errors in the guest`);
+            if (!(r.seconds > 0)) throw new Error(`${job.name}: the disk went away before the measured part began`);
             return { iops: r.ops / r.seconds, mbps: r.bytes / r.seconds / 1e6 };
           }],
           ['fuse', async () => {

@@ -234,6 +234,7 @@ describe('Epoll', () => {
       assert.equal(ep.waitInto(0, ready), 0);
       for (const token of seen) assert.ok(token >= 2 ** 40 && token < 2 ** 40 + 3, 'tokens above 2^32 survive');
       assert.equal(seen.size, 2);
+      assert.throws(() => new ReadyTokens(0), RangeError);
     } finally {
       for (const e of fds) e.close();
       ep.close();

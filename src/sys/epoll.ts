@@ -21,6 +21,7 @@ export class ReadyTokens {
   readonly tokens: Float64Array;
 
   constructor(capacity: number) {
+    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`ReadyTokens capacity ${capacity} must be a positive integer`);
     this.tokens = new Float64Array(capacity);
   }
 
@@ -60,8 +61,8 @@ export class Epoll {
   /** Blocks up to timeoutMs (-1: forever); returns the tokens of ready fds (an array: for callers off the data path). */
   wait(timeoutMs: number, out: number[] = []): number[] {
     const ready = this.scratch;
-    this.waitInto(timeoutMs, ready);
     out.length = 0;
+    this.waitInto(timeoutMs, ready);
     for (let i = 0; i < ready.count; i++) out.push(ready.tokens[i]!);
     return out;
   }
