@@ -21,6 +21,25 @@ import type { NetvscPort } from '../src/guest/netvsc/netvsc-handshake.js';
 import { NicTap } from '../src/guest/netvsc/nic-tap.js';
 import { Poller } from '../src/sys/epoll.js';
 import { addAddress, createNetns, deleteNetns, netnsUnavailableReason, runInNetns, uniqueName } from '../src/sys/netns.js';
+import { PacketView } from '../src/vmbus/ring/ring-reader.js';
+
+/**
+ * Delivers one packet to the NIC as its ring would: a PacketView, the header and the
+ * payload where they lie in larger arrays (at offsets other than 0, as in a ring).
+ */
+function deliver(nic: NetvscNic, queue: number, type: number, txLow: number, txHigh: number, header: Uint8Array, payload: Uint8Array): void {
+  const view = new PacketView();
+  view.type = type;
+  view.transactionIdLow = txLow;
+  view.transactionIdHigh = txHigh;
+  const ring = new Uint8Array(header.length + 24);
+  ring.set(header, 16);
+  view.headerOffset = 16;
+  view.headerLength = header.length;
+  const bytes = new Uint8Array(payload.length + 16);
+  bytes.set(payload, 8);
+  nic.onPacket(queue, view, ring, bytes, 8, payload.length);
+}
 
 const MAC = Uint8Array.from([0x00, 0x15, 0x5d, 0x01, 0x02, 0x03]);
 const memories: GuestMemory[] = [];
@@ -79,7 +98,7 @@ class FakeHost {
   private reply(m: NvspMessage, txid: number, size = 40): void {
     const b = new Uint8Array(size);
     encodeNvspMessage(m, b, 0, size);
-    this.nic.onPacket(0, PacketType.Completion, txid % 2 ** 32, Math.floor(txid / 2 ** 32), new Uint8Array(0), b);
+    deliver(this.nic, 0, PacketType.Completion, txid % 2 ** 32, Math.floor(txid / 2 ** 32), new Uint8Array(0), b);
   }
 
   private handle(s: Sent): void {
@@ -114,7 +133,7 @@ class FakeHost {
         }
         const c = new Uint8Array(40);
         encodeNvspMessage({ kind: 'rndis-packet-complete', status: 1 }, c, 0);
-        const complete = () => this.nic.onPacket(s.queue, PacketType.Completion, s.txid, 0, new Uint8Array(0), c);
+        const complete = () => deliver(this.nic, s.queue, PacketType.Completion, s.txid, 0, new Uint8Array(0), c);
         if (this.holdDataCompletions && m.channelType !== 1) this.heldCompletions.push(complete);
         else complete();
         return;
@@ -191,7 +210,7 @@ class FakeHost {
     const payload = new Uint8Array(28);
     encodeRndisPacketMessage(payload, 0, channelType, 0xffffffff, 0, 28);
     const txid = this.nextTp++;
-    this.nic.onPacket(queue, PacketType.DataUsingTransferPages, txid, 0, header, payload);
+    deliver(this.nic, queue, PacketType.DataUsingTransferPages, txid, 0, header, payload);
     return txid;
   }
 
@@ -214,7 +233,7 @@ class FakeHost {
     const payload = new Uint8Array(28);
     encodeRndisPacketMessage(payload, 0, 0, 0xffffffff, 0, 28);
     const txid = this.nextTp++;
-    this.nic.onPacket(queue, PacketType.DataUsingTransferPages, txid, 0, header, payload);
+    deliver(this.nic, queue, PacketType.DataUsingTransferPages, txid, 0, header, payload);
     return txid;
   }
 
@@ -341,7 +360,7 @@ describe('netvsc data path', () => {
     encodeTransferPageHeader(0xcafe, false, [{ byteCount: 100, byteOffset: 0xfffff000 }], header, 0);
     const payload = new Uint8Array(28);
     encodeRndisPacketMessage(payload, 0, 0, 0xffffffff, 0, 28);
-    nic.onPacket(0, PacketType.DataUsingTransferPages, 77, 0, header, payload);
+    deliver(nic, 0, PacketType.DataUsingTransferPages, 77, 0, header, payload);
     await until(() => host.completions.length === before + 3);
     assert.deepEqual(host.completions.at(-1), { txid: 77, status: 2 });
     assert.equal(got.length, 2);
@@ -821,7 +840,7 @@ describe('TX PPI encoders', () => {
     const before = host.completions.length;
     let sent = 0;
     fc.assert(fc.property(fc.uint8Array({ maxLength: 64 }), fc.uint8Array({ maxLength: 64 }), (header, payload) => {
-      nic.onPacket(0, PacketType.DataUsingTransferPages, 5, 0, header, payload);
+      deliver(nic, 0, PacketType.DataUsingTransferPages, 5, 0, header, payload);
       sent++;
     }), { numRuns: 200 });
     await until(() => host.completions.length === before + sent);

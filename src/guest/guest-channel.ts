@@ -3,7 +3,7 @@
 // then talk through the rings and HvSignalEvent.
 import type { OfferChannelMessage } from '../vmbus/channel-messages.js';
 import { initRingHeader, ringMemoryFromBuffer } from '../vmbus/ring/ring-memory.js';
-import { RingChannel, type PacketHandler } from '../vmbus/ring-channel.js';
+import { RingChannel, type PacketAtHandler, type PacketHandler } from '../vmbus/ring-channel.js';
 import type { PageMapping } from '../memory/guest-memory.js';
 import { PAGE_SIZE } from '../memory/page.js';
 import type { VmbusClient } from './vmbus-client.js';
@@ -17,7 +17,9 @@ export interface OpenOptions {
   maxPacketBytes?: number;
   userData?: Uint8Array;
   targetVp?: number;
-  onPacket: PacketHandler;
+  /** See RingChannelOptions: one of onPacket and onPacketAt. */
+  onPacket?: PacketHandler;
+  onPacketAt?: PacketAtHandler;
   /** See RingChannelOptions.batchWhileDraining. */
   batchWhileDraining?: boolean;
 }
@@ -81,6 +83,7 @@ export class GuestChannel {
         maxPacketBytes: options.maxPacketBytes ?? 4096,
         notifyPeer: () => client.signalHost(this),
         onPacket: options.onPacket,
+        onPacketAt: options.onPacketAt,
         batchWhileDraining: options.batchWhileDraining,
         onCorrupt: (error) => client.log(`relid ${this.relid}: host broke the ring protocol: ${error.message}`),
       });

@@ -11,13 +11,18 @@ import type { RingMemory } from './ring/ring-memory.js';
 import { PacketType } from './packet.js';
 
 export type PacketHandler = (packet: PacketView, payload: Uint8Array) => void;
+/** A packet's payload where it lies: bytes[offset, offset + length), valid during the call only. */
+export type PacketAtHandler = (packet: PacketView, bytes: Uint8Array, offset: number, length: number) => void;
 
 export interface RingChannelOptions {
   incoming: RingMemory;
   outgoing: RingMemory;
   /** Signal the peer (host: set the event flag and interrupt; guest: HvSignalEvent). */
   notifyPeer: () => void;
-  onPacket: PacketHandler;
+  /** Each packet with its payload as a view of its own. Give this or onPacketAt. */
+  onPacket?: PacketHandler;
+  /** Each packet with its payload where it lies, no view made per packet: for data paths. */
+  onPacketAt?: PacketAtHandler;
   /** The ring broke the protocol (the peer is hostile or buggy): the owner closes the channel. */
   onCorrupt: (error: RingCorruptError) => void;
   maxPacketBytes?: number;
@@ -52,6 +57,7 @@ export class RingChannel {
   private batching = false;
 
   constructor(private readonly options: RingChannelOptions) {
+    if ((options.onPacket === undefined) === (options.onPacketAt === undefined)) throw new TypeError('a RingChannel takes one of onPacket and onPacketAt');
     const maxPacketBytes = options.maxPacketBytes ?? 65536;
     this.reader = new RingReader(options.incoming, { maxPacketBytes });
     this.writer = new RingWriter(options.outgoing);
@@ -173,12 +179,18 @@ export class RingChannel {
       reader.maskInterrupts();
       let packet: PacketView | null;
       while ((packet = reader.peek()) !== null) {
-        const payload = reader.mem.doubleMapped
-          ? reader.mem.data.subarray(packet.payloadOffset, packet.payloadOffset + packet.payloadLength)
-          : this.payloadScratch.subarray(0, reader.copyPayload(this.payloadScratch));
         this.stats.packetsIn++;
         this.stats.bytesIn += packet.payloadLength;
-        this.options.onPacket(packet, payload);
+        const at = this.options.onPacketAt;
+        if (at !== undefined) {
+          if (reader.mem.doubleMapped) at(packet, reader.mem.data, packet.payloadOffset, packet.payloadLength);
+          else at(packet, this.payloadScratch, 0, reader.copyPayload(this.payloadScratch));
+        } else {
+          const payload = reader.mem.doubleMapped
+            ? reader.mem.data.subarray(packet.payloadOffset, packet.payloadOffset + packet.payloadLength)
+            : this.payloadScratch.subarray(0, reader.copyPayload(this.payloadScratch));
+          this.options.onPacket!(packet, payload);
+        }
         reader.next();
         if (this.broken) return;
         // Keep read_index current: the peer only signals on the empty to non-empty edge it sees.

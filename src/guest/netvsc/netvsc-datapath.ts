@@ -11,6 +11,7 @@
 // and rsc_add_data do. Per-packet state lives in preallocated tables; nothing is
 // allocated per frame.
 import type { GuestMemory } from '../../memory/guest-memory.js';
+import type { PacketView } from '../../vmbus/ring/ring-reader.js';
 import { PAGE_SIZE } from '../../memory/page.js';
 import { DecodeError, decodeTransferPageHeader, PACKET_FLAG_COMPLETION_REQUESTED, PacketType, TransferPageHeader } from '../../vmbus/packet.js';
 import {
@@ -53,6 +54,8 @@ const MAX_COALESCED_FRAME = 0xffff + 18;
  * waited on completions at half the rate 32 gave (bench:network, 2026-11-27).
  */
 const DEFAULT_BOUNCE_BUFFERS = 32;
+/** Payloads up to this size (every NVSP message the data path receives) are decoded from a copy. */
+const SMALL_PAYLOAD_BYTES = 64;
 const SLOT_FREE = 0;
 const SLOT_SECTION = 1;
 const SLOT_BOUNCE = 2;
@@ -180,11 +183,15 @@ export class NetvscDatapath {
   readonly sendTable = new Uint32Array(VRSS_SEND_TABLE_SIZE);
   private readonly queues: (Queue | null)[] = [];
   private readonly o: DatapathOptions;
+  /** Guest RAM's native address as a number: read per frame, converted from the BigInt once. */
+  private readonly memoryBase: number;
   private readonly session: NvspSession;
   private readonly freeSections: Int32Array;
   private freeSectionCount: number;
   private readonly nvspOut = new Uint8Array(NVSP_MESSAGE_SIZE);
   private readonly completionOut = new Uint8Array(8);
+  private readonly payloadScratch = new Uint8Array(SMALL_PAYLOAD_BYTES);
+  private readonly payloadViews: Uint8Array[] = Array.from({ length: SMALL_PAYLOAD_BYTES + 1 }, (_, n) => this.payloadScratch.subarray(0, n));
   private readonly gpaHeader = new Uint8Array(16 + 8 * BOUNCE_PAGES);
   private readonly gpaHeaderView = new DataView(this.gpaHeader.buffer);
   /** gpaHeader cut to the length of a header naming i pages, made once each: sending allocates nothing. */
@@ -206,6 +213,7 @@ export class NetvscDatapath {
 
   constructor(options: DatapathOptions) {
     this.o = options;
+    this.memoryBase = Number(options.memory.base);
     this.session = options.session;
     const n = this.session.send.sectionCount;
     this.freeSections = new Int32Array(n);
@@ -311,7 +319,7 @@ export class NetvscDatapath {
 
   /** The native address where a reserved bounce buffer's frame goes. */
   bounceFrameAddress(queue: number, bounce: number): number {
-    return Number(this.o.memory.base) + this.bounceFrameGpa(this.queues[queue]!, bounce);
+    return this.memoryBase + this.bounceFrameGpa(this.queues[queue]!, bounce);
   }
 
   get bounceFrameCapacity(): number {
@@ -453,10 +461,17 @@ export class NetvscDatapath {
 
   // ---- receive ----
 
-  /** One packet from queue `queue`'s ring; `header` is the type-specific header (transfer-page ranges). */
-  onPacket(queue: number, type: number, txLow: number, txHigh: number, header: Uint8Array, payload: Uint8Array): void {
+  /**
+   * One packet from queue `queue`'s ring, valid during the call: its type-specific header
+   * (transfer-page ranges) lies in `ring`, its payload at bytes[offset, offset + length).
+   */
+  onPacket(queue: number, packet: PacketView, ring: Uint8Array, bytes: Uint8Array, offset: number, length: number): void {
     const q = this.queues[queue];
     if (!q) return;
+    const type = packet.type;
+    const txLow = packet.transactionIdLow;
+    const txHigh = packet.transactionIdHigh;
+    const payload = this.smallPayload(bytes, offset, length);
     if (type === PacketType.Completion) {
       const m = this.nvspDecoder.decode(payload, 'to-guest');
       if (!isNvspError(m) && m.kind === 'rndis-packet-complete') {
@@ -471,10 +486,11 @@ export class NetvscDatapath {
         this.o.onSendRoom?.(queue);
         return;
       }
-      if (queue !== 0 || !this.o.onInitCompletion(payload)) this.stats.strayCompletions++;
+      // Control-plane replies keep a copy of their own (the handshake holds what it decoded).
+      if (queue !== 0 || !this.o.onInitCompletion(bytes.slice(offset, offset + length))) this.stats.strayCompletions++;
       return;
     }
-    if (type === PacketType.DataUsingTransferPages) return this.onReceive(q, queue, txLow, txHigh, header, payload);
+    if (type === PacketType.DataUsingTransferPages) return this.onReceive(q, queue, txLow, txHigh, ring, packet.headerOffset, packet.headerLength, payload);
     if (type === PacketType.DataInband) {
       const m = this.nvspDecoder.decode(payload, 'to-guest');
       if (!isNvspError(m) && m.kind === 'indirection-table' && m.count === VRSS_SEND_TABLE_SIZE) this.sendTable.set(m.table.subarray(0, VRSS_SEND_TABLE_SIZE));
@@ -482,7 +498,19 @@ export class NetvscDatapath {
     }
   }
 
-  private onReceive(q: Queue, queue: number, txLow: number, txHigh: number, header: Uint8Array, payload: Uint8Array): void {
+  /**
+   * The payload as an array of its own for the NVSP decoder: NVSP messages on the data
+   * path are a few dozen bytes, copied into a scratch buffer and seen through a view made
+   * once per length, so no view is created per packet. Anything longer gets a view.
+   */
+  private smallPayload(bytes: Uint8Array, offset: number, length: number): Uint8Array {
+    if (length > SMALL_PAYLOAD_BYTES) return bytes.subarray(offset, offset + length);
+    const scratch = this.payloadScratch;
+    for (let i = 0; i < length; i++) scratch[i] = bytes[offset + i]!;
+    return this.payloadViews[length]!;
+  }
+
+  private onReceive(q: Queue, queue: number, txLow: number, txHigh: number, ring: Uint8Array, headerOffset: number, headerLength: number, payload: Uint8Array): void {
     this.stats.rxPackets++;
     let status: number = NvspStatus.Success;
     const tp = this.tpHeader;
@@ -492,7 +520,7 @@ export class NetvscDatapath {
     // sub-allocation size the host announced (Linux copies each range into a buffer of
     // that size and drops a longer one: "Packet too big").
     const limit = rx.bytes.length;
-    if (decodeTransferPageHeader(header, 0, header.length, tp) !== DecodeError.None || tp.pageSetId !== NETVSC_RECEIVE_BUFFER_ID || isNvspError(nvsp) || nvsp.kind !== 'rndis-packet') {
+    if (decodeTransferPageHeader(ring, headerOffset, headerLength, tp) !== DecodeError.None || tp.pageSetId !== NETVSC_RECEIVE_BUFFER_ID || isNvspError(nvsp) || nvsp.kind !== 'rndis-packet') {
       this.stats.rxBadRanges++;
       status = NvspStatus.Fail;
     } else {
@@ -600,7 +628,7 @@ export class NetvscDatapath {
   /** The native address of `bytes` (the receive buffer, guest RAM), NaN if it is not a view of guest RAM. */
   private receiveAddress(bytes: Uint8Array): number {
     const ram = this.o.memory.bytes;
-    return bytes.buffer === ram.buffer ? Number(this.o.memory.base) + ram.byteOffset + bytes.byteOffset : Number.NaN;
+    return bytes.buffer === ram.buffer ? this.memoryBase + ram.byteOffset + bytes.byteOffset : Number.NaN;
   }
 
   private dropCoalesced(): void {

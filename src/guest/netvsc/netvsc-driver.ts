@@ -6,6 +6,8 @@
 // so tests can drive it with a scripted host; NetvscDriver adapts GuestChannels to that.
 import { EventEmitter } from 'node:events';
 import type { GuestMemory } from '../../memory/guest-memory.js';
+import { PacketType } from '../../vmbus/packet.js';
+import type { PacketView } from '../../vmbus/ring/ring-reader.js';
 import { NETVSC_CLASS_ID, NETVSC_RECEIVE_BUFFER_ID, NETVSC_SEND_BUFFER_ID, NvspVersion } from '../../devices/netvsp/nvsp-protocol.js';
 import { PacketOffload } from '../../backends/net/net-backend.js';
 import type { GuestChannel } from '../guest-channel.js';
@@ -88,10 +90,10 @@ export class NetvscNic extends EventEmitter<NicEvents> {
     return this.info?.mtu ?? this.options.mtu ?? 1500;
   }
 
-  /** Everything that arrives on queue `queue`'s ring goes here. */
-  onPacket(queue: number, type: number, txLow: number, txHigh: number, header: Uint8Array, payload: Uint8Array): void {
-    if (this.datapath) this.datapath.onPacket(queue, type, txLow, txHigh, header, payload);
-    else if (queue === 0 && type === 11) this.control.onCompletion(payload);
+  /** Everything that arrives on queue `queue`'s ring goes here (see NetvscDatapath.onPacket). */
+  onPacket(queue: number, packet: PacketView, ring: Uint8Array, bytes: Uint8Array, offset: number, length: number): void {
+    if (this.datapath) this.datapath.onPacket(queue, packet, ring, bytes, offset, length);
+    else if (queue === 0 && packet.type === PacketType.Completion) this.control.onCompletion(bytes.slice(offset, offset + length));
   }
 
   /** netvsc_probe up to register_netdev + open: NVSP, buffers, RNDIS, packet filter. */
@@ -261,10 +263,8 @@ export class NetvscDriver implements VmbusDriver, GuestAttachable {
       targetVp: queue % vps,
       // Receive completions (and sends the frames they carried set off) go out together at the end of each drain.
       batchWhileDraining: true,
-      onPacket: (packet, payload) => {
-        const mem = channel.ring!.reader.mem.data;
-        nic.onPacket(queue, packet.type, packet.transactionIdLow, packet.transactionIdHigh, mem.subarray(packet.headerOffset, packet.headerOffset + packet.headerLength), payload);
-      },
+      // In place: no view of the header or the payload is made per packet.
+      onPacketAt: (packet, bytes, offset, length) => nic.onPacket(queue, packet, channel.ring!.reader.mem.data, bytes, offset, length),
     });
   }
 

@@ -43,8 +43,10 @@ export class NicTap {
   private readonly nic: NetvscNic;
   private readonly poller: Poller;
   private readonly rxAddress: bigint; // the vnet header of frames read from the TAP
+  private readonly rxAddressNumber: number; // the same, as iovecs take it (no BigInt conversion per frame)
   private readonly rxView: DataView;
   private readonly txAddress: bigint; // frames written to the TAP
+  private readonly txAddressNumber: number;
   private readonly txView: DataView;
   private readonly txBytes: Uint8Array;
   private readonly header = new VirtioNetHeader();
@@ -77,8 +79,10 @@ export class NicTap {
       throw e;
     }
     this.rxAddress = mapAnonymous(HEADER_PAGE_BYTES);
+    this.rxAddressNumber = Number(this.rxAddress);
     this.rxView = new DataView(viewOf(this.rxAddress, HEADER_PAGE_BYTES));
     this.txAddress = mapAnonymous(BUFFER_BYTES);
+    this.txAddressNumber = Number(this.txAddress);
     const tx = viewOf(this.txAddress, BUFFER_BYTES);
     this.txView = new DataView(tx);
     this.txBytes = new Uint8Array(tx);
@@ -99,7 +103,7 @@ export class NicTap {
     if (this.closed || length + hb > BUFFER_BYTES) return void this.stats.dropped++;
     this.txBytes.set(frame.subarray(offset, offset + length), hb);
     if (!this.writeHeader(length, offload)) return void this.stats.dropped++;
-    this.count(this.tap.write(Number(this.txAddress), hb + length));
+    this.count(this.tap.write(this.txAddressNumber, hb + length));
   }
 
   /**
@@ -120,7 +124,7 @@ export class NicTap {
     }
     const iov = this.segmentIov;
     iov.clear();
-    iov.push(Number(this.txAddress), hb + copied);
+    iov.push(this.txAddressNumber, hb + copied);
     if (first > copied) iov.push(g.address + g.offsets[0]! + copied, first - copied);
     for (let i = 1; i < g.count; i++) iov.push(g.address + g.offsets[i]!, g.lengths[i]!);
     this.count(this.tap.writev(iov));
@@ -194,7 +198,7 @@ export class NicTap {
         break;
       }
       iov.clear();
-      iov.push(Number(this.rxAddress), hb);
+      iov.push(this.rxAddressNumber, hb);
       iov.push(datapath.bounceFrameAddress(0, bounce), datapath.bounceFrameCapacity);
       const n = this.tap.readv(iov);
       if (n < 0) {
