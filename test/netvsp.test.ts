@@ -1112,6 +1112,14 @@ function assertFragmentIds(fragments: Fragment[]): void {
   });
 }
 
+/** The next transfer-page packet, one coalesced segment: its fragments, their ids checked. */
+async function nextCoalesced(rig: Rig): Promise<{ p: Packet; fragments: Fragment[] }> {
+  const p = await rig.guest.next('the coalesced segment');
+  const fragments = readFragments(rig, p);
+  assertFragmentIds(fragments);
+  return { p, fragments };
+}
+
 /** MTU-sized segments, one single-range transfer-page packet each, until `payload` TCP bytes came: returns how many. */
 async function receiveSegments(rig: Rig, payload: number, v6 = false): Promise<number> {
   const headers = 14 + (v6 ? 40 : 20) + 20;
@@ -1152,10 +1160,8 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
       const frame = gsoFrame({ payload: 65535 - 40 });
       injectGso(rig, frame);
       assert.equal(rig.backend.injectedInPlace, inPlace ? 1 : 0);
-      const p = await rig.guest.next('the coalesced segment');
+      const { p, fragments } = await nextCoalesced(rig);
       assert.equal(rig.guest.take(), null, 'exactly one transfer-page packet');
-      const fragments = readFragments(rig, p);
-      assertFragmentIds(fragments);
       assert.equal(fragments.length, coalescedFragmentCount(frame.length, rig.subAllocSize));
       const held = fragments.length;
       assert.ok(fragments.every((f) => f.data.length > 0));
@@ -1302,10 +1308,8 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     const frame = gsoFrame({ payload: 65535 - 40, vlan: true });
     assert.equal(frame.length, MAX_COALESCED_FRAME);
     injectGso(rig, frame, false, 18);
-    const p = await rig.guest.next('the coalesced segment');
+    const { p, fragments } = await nextCoalesced(rig);
     assert.equal(rig.guest.take(), null, 'exactly one transfer-page packet');
-    const fragments = readFragments(rig, p);
-    assertFragmentIds(fragments);
     assert.equal(fragments.length, coalescedFragmentCount(65553, 1728));
     assert.equal(fragments.length, 40);
     const want = wholeSegment(frame, false, 18);
@@ -1329,9 +1333,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     await waitFor(() => rig.guest.consumed, 'the host to read the completions');
     const frame = gsoFrame({ payload: 65535 - 40, vlan: true });
     injectGso(rig, frame, false, 18);
-    const p = await rig.guest.next('the coalesced segment');
-    const fragments = readFragments(rig, p);
-    assertFragmentIds(fragments);
+    const { p, fragments } = await nextCoalesced(rig);
     assert.equal(fragments.length, coalescedFragmentCount(MAX_COALESCED_FRAME, 16384));
     assert.equal(fragments.length, 5);
     assert.ok(Buffer.from(join(fragments)).equals(Buffer.from(wholeSegment(frame, false, 18))));
@@ -1354,9 +1356,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     await waitFor(() => rig.guest.consumed, 'the host to read the completions');
     const take = async (frame: Uint8Array, l4: number) => {
       rig.backend.inject([frame], (o) => o.setChecksum(l4, 16).setGso('tcpv6', 1448, l4 + 20));
-      const p = await rig.guest.next('the coalesced segment');
-      const fragments = readFragments(rig, p);
-      assertFragmentIds(fragments);
+      const { p, fragments } = await nextCoalesced(rig);
       completeReceive(rig.guest, p.transactionId);
       return fragments;
     };

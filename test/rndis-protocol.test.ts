@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
+import { copyBytes, zeroBytes } from '../src/devices/netvsp/le-bytes.js';
 import {
   decodeRndisMessage,
   encodeRndisHalt,
@@ -698,5 +699,23 @@ describe('NDIS offload objects', () => {
         assert.fail(`offload decoder threw: ${String(e)}`);
       }
     }), { numRuns: 3000 });
+  });
+});
+
+describe('the byte helpers the per-packet codecs use', () => {
+  test('copyBytes and zeroBytes do what TypedArray set and fill do', () => {
+    fc.assert(fc.property(fc.uint8Array({ minLength: 1, maxLength: 600 }), fc.nat(), fc.nat(), fc.nat(), (from, a, b, c) => {
+      const start = a % from.length;
+      const end = start + (b % (from.length - start + 1));
+      const to = new Uint8Array(700).fill(0x5a);
+      const at = c % (to.length - (end - start) + 1);
+      const want = to.slice();
+      want.set(from.subarray(start, end), at);
+      copyBytes(to, at, from, start, end);
+      assert.deepEqual(to, want);
+      want.fill(0, at, at + (end - start));
+      zeroBytes(to, at, at + (end - start));
+      assert.deepEqual(to, want);
+    }));
   });
 });

@@ -28,3 +28,11 @@ export function wr32(b: Uint8Array, o: number, v: number): void {
 export function zeroBytes(b: Uint8Array, from: number, to: number): void {
   for (let i = from; i < to; i++) b[i] = 0;
 }
+
+/**
+ * Copies from[start, end) to to[at...]: for the few hundred bytes of a header a loop,
+ * where TypedArray set would need a subarray view (an allocation) per packet.
+ */
+export function copyBytes(to: Uint8Array, at: number, from: Uint8Array, start: number, end: number): void {
+  for (let i = start; i < end; i++) to[at + i - start] = from[i]!;
+}

@@ -82,7 +82,7 @@ import {
   writePacketIdPpi,
   writeU32Ppi,
 } from './per-packet-info.js';
-import { zeroBytes } from './le-bytes.js';
+import { copyBytes, zeroBytes } from './le-bytes.js';
 import { coalescedFragmentCount, FIRST_FRAGMENT_DATA_OFFSET, fragmentDataOffset, MAX_COALESCED_FRAGMENTS } from './receive-buffer.js';
 import { RNDIS_CONTROL_RESPONSE_MAX } from './rndis-control.js';
 import { encodeRndisPacketHeader, encodeRndisPacketHeaderAt, RndisDecoder, RndisError, RndisMessageSize, type RndisPacket } from './rndis-protocol.js';
@@ -344,8 +344,8 @@ export class NetvspChannel implements ReceiveQueue {
     if (wantsCompletion && !this.roomFor(COMPLETION_RING_BYTES)) return false;
     const message = this.message;
     const length = reader.copyPayload(message);
-    // A short message reads as zero-padded (a loop: fill is a slow builtin for a few bytes).
-    for (let i = length; i < message.length; i++) message[i] = 0;
+    // A short message reads as zero-padded.
+    zeroBytes(message, length, message.length);
     const decoded = this.nvsp.decode(this.messageViews[length]!, 'to-host');
     try {
       return this.handleMessage(reader, packet, decoded, wantsCompletion);
@@ -580,12 +580,10 @@ export class NetvspChannel implements ReceiveQueue {
     if (total < TX_IN_PLACE_MIN_BYTES || total > MAX_RNDIS_BYTES) return IN_PLACE_DECLINED;
     const head = Math.min(total, TX_HEAD_BYTES);
     const ram = memory.bytes;
-    const out = this.txBytes;
-    // At most TX_HEAD_BYTES: a loop, not a subarray view per packet for TypedArray.set.
     for (let i = 0, done = 0; i < stream.count && done < head; i++) {
       const gpa = stream.addressAt(i) - base;
       const n = Math.min(stream.lengthAt(i), head - done);
-      for (let k = 0; k < n; k++) out[done + k] = ram[gpa + k]!;
+      copyBytes(this.txBytes, done, ram, gpa, gpa + n);
       done += n;
     }
     const msg = this.rndis.decode(this.txBytes, 0, total, 'to-host');

@@ -18,6 +18,7 @@ import { PAGE_SIZE } from '../../memory/page.js';
 import type { OpenChannel } from '../../vmbus/server/vmbus-device.js';
 import { NdisConfigCapability, NETVSC_SEND_SECTION_SIZE, NvspStatus, NvspVersion } from './nvsp-protocol.js';
 import { RxChecksum, rxChecksumGood } from './per-packet-info.js';
+import { copyBytes } from './le-bytes.js';
 import { coalescedFragmentCount, FIRST_FRAGMENT_DATA_OFFSET, fragmentDataOffset, MAX_COALESCED_FRAGMENTS, MAX_COALESCED_FRAME, ReceiveBuffer, receiveSubAllocationSize } from './receive-buffer.js';
 import { RndisControl, type RndisDeviceInfo } from './rndis-control.js';
 import { NO_HASH } from './toeplitz.js';
@@ -516,7 +517,7 @@ export class NetvspNic implements RndisDeviceInfo {
       else {
         const headers = (this.headerCopy ??= new Uint8Array(MAX_COALESCED_FRAME));
         const copied = Math.min(firstLength, SEGMENT_HEADER_COPY_BYTES);
-        headers.set(buf.subarray(at, at + copied), 0);
+        copyBytes(headers, 0, buf, at, at + copied);
         kind = parsePacket(headers, 0, length, p);
         if (copied < firstLength && (kind === PacketKind.Malformed || p.payloadOffset > copied)) {
           headers.set(buf.subarray(at + copied, at + firstLength), copied);

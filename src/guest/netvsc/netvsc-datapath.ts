@@ -26,6 +26,7 @@ import {
   encodeRndisPacketMessage,
   isNvspError,
 } from '../../devices/netvsp/nvsp-protocol.js';
+import { copyBytes } from '../../devices/netvsp/le-bytes.js';
 import { RndisDecoder, RndisError, RndisMessageSize, encodeRndisPacketHeader } from '../../devices/netvsp/rndis-protocol.js';
 import { LsoIpVersion, PacketInfo, PacketInfoIdFlag, PpiType, PPI_U32_RECORD_SIZE, RxChecksum, TxChecksum, decodePacketInfo, lsoV2Info, txChecksumInfo, writeU32Ppi } from '../../devices/netvsp/per-packet-info.js';
 import { PacketOffload } from '../../backends/net/net-backend.js';
@@ -423,8 +424,7 @@ export class NetvscDatapath {
 
   /** The PPIs encoded in staging, to `to[at...]` (a few dozen bytes: a loop, not a subarray per frame). */
   private copyPpis(to: Uint8Array, at: number, ppiBytes: number): void {
-    const from = this.staging;
-    for (let i = 0; i < ppiBytes; i++) to[at + i] = from[RndisMessageSize.Packet + i]!;
+    copyBytes(to, at, this.staging, RndisMessageSize.Packet, RndisMessageSize.Packet + ppiBytes);
   }
 
   /** One GPA-direct range over `pfns` from byte `offset` of the first (the mpb form: reserved, count, {len, offset, pfn[]}). */
@@ -505,8 +505,7 @@ export class NetvscDatapath {
    */
   private smallPayload(bytes: Uint8Array, offset: number, length: number): Uint8Array {
     if (length > SMALL_PAYLOAD_BYTES) return bytes.subarray(offset, offset + length);
-    const scratch = this.payloadScratch;
-    for (let i = 0; i < length; i++) scratch[i] = bytes[offset + i]!;
+    copyBytes(this.payloadScratch, 0, bytes, offset, offset + length);
     return this.payloadViews[length]!;
   }
 

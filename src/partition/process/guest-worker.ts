@@ -26,7 +26,7 @@ const send = (message: GuestToHost) => port.postMessage(message);
 // kicks an interrupt line after each control message, so a request does not wait out
 // the wait. Measured in interleaved pairs (2026-11-27): 4k QD32 reads +10-17% (3 of 3),
 // QD1 +23-40%, QD32 writes +3-15%; TCP 8-10% less CPU, G->H +6% on average over 4 pairs.
-// (It was off for a day: the hostile-guest test hung with it, which turned out to be a race
+// (It was off for a while: the hostile-guest test hung with it, which turned out to be a race
 // in the hostile corrupt-ring action, fixed there, that this mode made more likely.)
 const poller = new Poller((e) => guest.report({ event: 'log', message: `guest event loop error: ${(e as Error).stack ?? e}` }), { waitInThreadMs: IN_THREAD_WAIT_MS });
 const hv = new ProcessGuestHypervisor(shared, poller);
