@@ -1008,8 +1008,7 @@ function injectGso(rig: Rig, frame: Uint8Array, v6 = false, l3 = 14): void {
 async function coalescingRig(): Promise<Rig> {
   const rig = makeRig();
   await bringUp(rig);
-  assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
-  await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+  await turnOnRsc(rig, 2, 2);
   return rig;
 }
 
@@ -1018,6 +1017,12 @@ async function enableRss(rig: Rig): Promise<void> {
   const on = new Uint8Array(40 + 64 + 40);
   encodeRssParameters(on, 0, 0, LINUX_RSS_HASH_INFO, new Array(16).fill(0), [...MICROSOFT_RSS_KEY]);
   assert.equal(await set(rig, Oid.GEN_RECEIVE_SCALE_PARAMETERS, on), NdisStatus.Success);
+}
+
+/** Sets the RSC offload parameters, which must succeed, and waits for the host to read the completions. */
+async function turnOnRsc(rig: Rig, v4: number, v6: number): Promise<void> {
+  assert.equal(await setRsc(rig, v4, v6), NdisStatus.Success);
+  await waitFor(() => rig.guest.consumed, 'the host to read the completions');
 }
 
 async function setRsc(rig: Rig, v4: number, v6: number): Promise<number> {
@@ -1257,8 +1262,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     assert.equal(rb.freeCount, rb.count - need, 'every completed frame came back; only the room is reserved');
     assert.equal(rig.device.stats().nic.rxJoined, 0);
     // RSC off: frames are copied again, and the room goes back to the guest's buffer.
-    assert.equal(await setRsc(rig, 1, 1), NdisStatus.Success);
-    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    await turnOnRsc(rig, 1, 1);
     assert.equal(target.next(), null);
     assert.equal(rb.freeCount, rb.count, 'the room was given back');
     assert.equal(rig.guest.failures.length, 0);
@@ -1302,8 +1306,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     // A buffer too small for 128 larger sections keeps Hyper-V's 1728: the most fragments.
     await bringUp(rig, 48);
     await enableRss(rig);
-    assert.equal(await setRsc(rig, 2, 0), NdisStatus.Success);
-    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    await turnOnRsc(rig, 2, 0);
     assert.equal(rig.subAllocSize, 1728);
     const frame = gsoFrame({ payload: 65535 - 40, vlan: true });
     assert.equal(frame.length, MAX_COALESCED_FRAME);
@@ -1329,8 +1332,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     const rig = makeRig();
     await bringUp(rig, 512);
     assert.equal(rig.subAllocSize, 16384);
-    assert.equal(await setRsc(rig, 2, 0), NdisStatus.Success);
-    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    await turnOnRsc(rig, 2, 0);
     const frame = gsoFrame({ payload: 65535 - 40, vlan: true });
     injectGso(rig, frame, false, 18);
     const { p, fragments } = await nextCoalesced(rig);
@@ -1352,8 +1354,7 @@ describe('NetVSP receive segment coalescing (RSC)', () => {
     await bringUp(rig, 512);
     // With RSS the first fragment carries the hash of the ports the host parsed.
     await enableRss(rig);
-    assert.equal(await setRsc(rig, 2, 2), NdisStatus.Success);
-    await waitFor(() => rig.guest.consumed, 'the host to read the completions');
+    await turnOnRsc(rig, 2, 2);
     const take = async (frame: Uint8Array, l4: number) => {
       rig.backend.inject([frame], (o) => o.setChecksum(l4, 16).setGso('tcpv6', 1448, l4 + 20));
       const { p, fragments } = await nextCoalesced(rig);
